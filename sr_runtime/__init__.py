@@ -1,0 +1,43 @@
+"""sr_runtime: super-resolution architectures, checkpoints, evaluation protocol and tiled inference.
+
+Importing it needs only torch, numpy, Pillow and safetensors; ONNX Runtime, TensorRT and PyAV are
+imported inside the modules that use them.
+"""
+
+from sr_runtime.archs import ARCHS, build, list_archs
+from sr_runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sr_runtime.errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    EngineMismatchError,
+    ExportError,
+    InputError,
+    ParityError,
+    SRError,
+    UnsupportedArchError,
+    UnsupportedScaleError,
+    VideoError,
+)
+from sr_runtime.spec import IOSpec
+
+__all__ = [
+    "ARCHS",
+    "build",
+    "list_archs",
+    "Checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "IOSpec",
+    "SRError",
+    "InputError",
+    "CheckpointError",
+    "ConfigError",
+    "UnsupportedArchError",
+    "UnsupportedScaleError",
+    "BackendUnavailableError",
+    "EngineMismatchError",
+    "ExportError",
+    "ParityError",
+    "VideoError",
+]

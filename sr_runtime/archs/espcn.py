@@ -1,0 +1,36 @@
+"""ESPCN: Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient Sub-Pixel
+Convolutional Neural Network", CVPR 2016.
+
+(5x5, 64, tanh) -> (3x3, 32, tanh) -> (3x3, scale^2) -> PixelShuffle(scale), on the Y plane, all in LR
+space. The convolutions are padded to keep the size (the paper trains on unpadded patches).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sr_runtime.spec import IOSpec
+
+__all__ = ["ESPCN"]
+
+
+class ESPCN(nn.Module):
+    """Input (N, 1, h, w) Y in [0, 1] -> (N, 1, scale*h, scale*w)."""
+
+    def __init__(self, *, scale: int, n1: int = 64, n2: int = 32) -> None:
+        super().__init__()
+        self.scale = scale
+        self.body = nn.Sequential(
+            nn.Conv2d(1, n1, 5, padding=2), nn.Tanh(),
+            nn.Conv2d(n1, n2, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(n2, scale * scale, 3, padding=1),
+        )
+        self.shuffle = nn.PixelShuffle(scale)
+
+    @property
+    def io_spec(self) -> IOSpec:
+        return IOSpec(scale=self.scale, in_channels=1, color="y", receptive_radius=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.body(x))  # (N, s*s, h, w) -> (N, 1, s*h, s*w)

@@ -1,0 +1,67 @@
+"""Typed errors. Every message says what was wrong and how to fix it.
+
+Only the ``cli`` modules turn an :class:`SRError` into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SRError",
+    "InputError",
+    "CheckpointError",
+    "UnsupportedArchError",
+    "UnsupportedScaleError",
+    "ConfigError",
+    "BackendUnavailableError",
+    "EngineMismatchError",
+    "ExportError",
+    "ParityError",
+    "VideoError",
+]
+
+
+class SRError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class InputError(SRError, ValueError):
+    """An input file, folder or array is missing, unreadable or of the wrong shape."""
+
+
+class CheckpointError(SRError):
+    """A checkpoint file is corrupt, incomplete or does not match its metadata."""
+
+
+class UnsupportedArchError(SRError, KeyError):
+    """An architecture name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedScaleError(SRError, ValueError):
+    """A scale that the architecture or checkpoint does not support."""
+
+
+class ConfigError(SRError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class BackendUnavailableError(SRError, RuntimeError):
+    """A requested backend, device or precision is not available on this machine."""
+
+
+class EngineMismatchError(SRError):
+    """A TensorRT engine was built for another GPU, TensorRT version, ONNX file or profile."""
+
+
+class ExportError(SRError):
+    """An export step failed."""
+
+
+class ParityError(ExportError):
+    """An exported artifact does not compute what PyTorch computes, within tolerance."""
+
+
+class VideoError(InputError):
+    """A video cannot be decoded or encoded."""
