@@ -1,0 +1,238 @@
+"""ONNX Runtime backend: an ``.onnx`` file (input ``lr`` N x 3 x h x w in [0, 1] -> output ``sr``)
+on an explicitly chosen execution provider.
+
+Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, inputs and outputs
+bound to torch CUDA tensors with IOBinding: no host round trip per tile), ``tensorrt``
+(TensorrtExecutionProvider, engines cached on disk). After the session is created the requested
+provider must be the active one, else BackendUnavailableError: ONNX Runtime would otherwise fall
+back to CPU silently when CUDA libraries are missing. The CPU provider stays listed after a GPU
+provider only to run the few nodes a GPU provider does not implement (shape arithmetic), as ONNX
+Runtime recommends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sr_runtime.backends.base import Backend, parse_device
+from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError
+from sr_runtime.spec import IOSpec
+
+__all__ = ["OnnxRuntimeBackend", "PROVIDERS", "available_providers", "read_onnx_spec"]
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+"""Short provider names (``--provider``) -> ONNX Runtime execution providers."""
+
+_INSTALL_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA, TensorRT); or pip install -e '.[onnx]'"
+_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_TORCH_DTYPES = {np.float32: torch.float32, np.float16: torch.float16}
+_META_KEYS = ("io_spec", "sr_runtime.io_spec")
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailableError(f"ONNX Runtime is not installed: {_INSTALL_HINT}") from e
+    return ort
+
+
+def available_providers() -> list[str]:
+    """Short names of the providers this ONNX Runtime build offers and that can be used here
+    (``cuda`` and ``tensorrt`` also need a CUDA build of torch, for the I/O buffers)."""
+    try:
+        ort = _import_ort()
+    except BackendUnavailableError:
+        return []
+    offered = set(ort.get_available_providers())
+    names = [short for short, full in PROVIDERS.items() if full in offered]
+    if not torch.cuda.is_available():
+        names = [n for n in names if n == "cpu"]
+    return names
+
+
+def read_onnx_spec(metadata: dict[str, str]) -> IOSpec | None:
+    """The IOSpec stored in an ONNX file's metadata (``io_spec`` JSON), or None."""
+    for key in _META_KEYS:
+        if key in metadata:
+            try:
+                return IOSpec.from_dict(json.loads(metadata[key]))
+            except (ValueError, TypeError) as e:
+                raise InputError(f"ONNX metadata {key!r} is not a valid IOSpec ({e})") from e
+    return None
+
+
+def _default_trt_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sr_runtime" / "ort_tensorrt"
+
+
+class OnnxRuntimeBackend(Backend):
+    """Run an ONNX file with ONNX Runtime on one explicit provider.
+
+    ``provider``: ``cpu``, ``cuda`` or ``tensorrt`` (see :data:`PROVIDERS`); ``device``: the CUDA
+    device for GPU providers (``cuda:N``), ``cpu`` otherwise. ``precision``: None for the file's own
+    (its ``precision`` metadata, else FP16 when its input is float16), ``fp32``, or ``fp16`` (an FP16 file, or FP32 file on the TensorRT
+    provider with its FP16 mode). ``spec``: the model's IOSpec when the file's metadata lacks it; a
+    ``scale`` alone then gives ``IOSpec(scale)``. ``threads``: intra-op threads on CPU (None: ONNX
+    Runtime's default). Raises BackendUnavailableError for a provider, device or precision that is
+    not available, InputError for a file that is not a single-input single-output SR model.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        provider: str = "cpu",
+        device: torch.device | str | None = None,
+        precision: str | None = None,
+        spec: IOSpec | None = None,
+        scale: int | None = None,
+        threads: int | None = None,
+        trt_cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: ONNX file not found")
+        ort = _import_ort()
+        if provider not in PROVIDERS:
+            raise BackendUnavailableError(f"unknown provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+        offered = ort.get_available_providers()
+        if PROVIDERS[provider] not in offered:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider {provider!r} ({PROVIDERS[provider]}) is not in this build of onnxruntime "
+                f"{ort.__version__}; available: {', '.join(offered)}. For CUDA/TensorRT install onnxruntime-gpu"
+            )
+        dev = parse_device(device or ("cpu" if provider == "cpu" else "cuda"))
+        if (provider == "cpu") != (dev.type == "cpu"):
+            raise BackendUnavailableError(
+                f"provider {provider!r} runs on {'the CPU' if provider == 'cpu' else 'a CUDA device'}, "
+                f"device {dev} was asked for"
+            )
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = self._providers(provider, dev, precision, trt_cache_dir)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            raise InputError(f"{path}: ONNX Runtime cannot load this file ({e})") from e
+        active = session.get_providers()
+        if PROVIDERS[provider] not in active:
+            raise BackendUnavailableError(
+                f"ONNX Runtime did not activate {PROVIDERS[provider]} for {path.name} (active: {', '.join(active)}); "
+                f"its libraries (CUDA, cuDNN, TensorRT) may be missing or mismatched. Not falling back to CPU"
+            )
+
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(
+                f"{path}: expected one input and one output (lr -> sr), got inputs {[i.name for i in inputs]} "
+                f"and outputs {[o.name for o in outputs]}"
+            )
+        np_in = _NP_DTYPES.get(inputs[0].type)
+        np_out = _NP_DTYPES.get(outputs[0].type)
+        if np_in is None or np_out is None:
+            raise InputError(f"{path}: input/output types {inputs[0].type}/{outputs[0].type} are not float32/float16")
+        metadata = session.get_modelmeta().custom_metadata_map
+        # sr-export's FP16 files keep FP32 I/O by default and say "precision": "fp16" in metadata.
+        file_precision = metadata.get("precision") or ("fp16" if np_in == np.float16 else "fp32")
+        if precision is None:
+            precision = file_precision
+        elif precision != file_precision and not (provider == "tensorrt" and precision == "fp16"):
+            raise BackendUnavailableError(
+                f"{path.name} is an {file_precision.upper()} model and {precision} was asked for; export an "
+                f"{precision.upper()} ONNX (sr-export) or ask for {file_precision}"
+            )
+
+        meta_spec = read_onnx_spec(metadata)
+        if meta_spec is None and spec is None:
+            if scale is None:
+                raise InputError(
+                    f"{path}: the ONNX file carries no io_spec metadata (not exported by sr-export); pass --scale"
+                )
+            log.warning("%s has no io_spec metadata: assuming scale %d, RGB, no size constraints", path.name, scale)
+            spec = IOSpec(scale=scale)
+        spec = spec or meta_spec
+        if scale is not None and spec.scale != scale:
+            raise UnsupportedScaleError(f"{path}: the model upscales x{spec.scale}, but scale {scale} was asked for")
+
+        super().__init__(
+            spec=spec,
+            device=dev,
+            precision=precision,
+            input_dtype=_TORCH_DTYPES[np_in],
+            source=f"{path.name} via {PROVIDERS[provider]}",
+        )
+        self.path = path
+        self.provider = provider
+        self._session = session
+        self._input_name, self._output_name = inputs[0].name, outputs[0].name
+        self._np_in, self._np_out = np_in, np_out
+
+    @staticmethod
+    def _providers(provider: str, dev: torch.device, precision: str | None, trt_cache_dir) -> list:
+        cuda = ("CUDAExecutionProvider", {"device_id": dev.index or 0})
+        if provider == "cpu":
+            return ["CPUExecutionProvider"]
+        if provider == "cuda":
+            return [cuda, "CPUExecutionProvider"]
+        cache = Path(trt_cache_dir) if trt_cache_dir else _default_trt_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        trt = (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": dev.index or 0,
+                "trt_fp16_enable": precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+            },
+        )
+        return [trt, cuda, "CPUExecutionProvider"]
+
+    def _run(self, lr: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            out = self._session.run([self._output_name], {self._input_name: lr.contiguous().numpy()})[0]
+            return torch.from_numpy(out)
+        return self._run_bound(lr)
+
+    def _run_bound(self, lr: torch.Tensor) -> torch.Tensor:
+        x = lr.contiguous()
+        n, c, h, w = x.shape
+        s = self.spec.scale
+        out = torch.empty((n, c, h * s, w * s), dtype=_TORCH_DTYPES[self._np_out], device=self.device)
+        binding = self._session.io_binding()
+        index = self.device.index or 0
+        binding.bind_input(self._input_name, "cuda", index, self._np_in, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self._output_name, "cuda", index, self._np_out, tuple(out.shape), out.data_ptr())
+        # ONNX Runtime runs on its own stream: the input must be complete before it reads it.
+        torch.cuda.current_stream(self.device).synchronize()
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as e:
+            message = str(e)
+            if "out of memory" in message.lower() or "failed to allocate memory" in message.lower():
+                raise torch.cuda.OutOfMemoryError(f"ONNX Runtime: {message}") from e
+            raise
+        return out
+
+    def _release(self) -> None:
+        self._session = None

@@ -1,0 +1,531 @@
+"""The public entry point: :class:`Upscaler` upscales arrays, tensors, image files and videos.
+
+::
+
+    from sr_runtime import Upscaler
+
+    with Upscaler("fsrcnn", scale=2) as up:              # shipped weights, torch, CUDA if present
+        img_hwc_u8 = up.upscale(img_hwc_u8)               # HWC uint8/uint16 -> same dtype, s x larger
+        up.upscale_file("in.png", "out.png")              # 16-bit, gray and alpha kept
+        up.upscale_video("in.mp4", "in_x2.mp4")           # audio copied, timestamps kept
+
+Thread safety: calls on one Upscaler from several threads are serialised by a lock (safe, not
+parallel); backends are not re-entrant. For parallel work use one Upscaler per thread (and device).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sr_runtime.backends import create_backend
+from sr_runtime.backends.base import Backend
+from sr_runtime.errors import InputError
+from sr_runtime.tiling import ProgressFn, choose_tile_size, default_overlap, run_tiled_adaptive
+
+__all__ = ["Upscaler", "VideoResult", "ProgressFn"]
+
+log = logging.getLogger(__name__)
+
+_LUMA = (0.299, 0.587, 0.114)
+"""Gray output from the model's (nearly equal) RGB channels: BT.601 luma, exact for equal channels."""
+_CPU_MAX_TILE = 512
+_CUDA_MAX_TILE = 1024
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What :meth:`Upscaler.upscale_video` did."""
+
+    path: Path
+    frames: int
+    skipped_packets: int
+    seconds: float
+    width: int
+    height: int
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+
+
+class _PinnedPool:
+    """Page-locked host buffers reused across batches; a buffer comes back only after the copy that
+    used it (``event``) has completed."""
+
+    def __init__(self, count: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(count):
+            self._free.put((torch.empty(shape, dtype=dtype, pin_memory=True), None))
+
+    def get(self, check: Callable[[], None] | None = None) -> torch.Tensor:
+        while True:
+            if check is not None:
+                check()
+            try:
+                buf, event = self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if event is not None:
+                event.synchronize()
+            return buf
+
+    def put(self, buf: torch.Tensor, event: torch.cuda.Event | None = None) -> None:
+        self._free.put((buf, event))
+
+
+class Upscaler:
+    """A super-resolution model ready to run, with tiling.
+
+    Args:
+        model: a shipped/trained model name (``"fsrcnn"``, ``"edsr"``...), a checkpoint
+            (``.safetensors``), an ONNX file (``.onnx``) or a TensorRT engine (``.engine``);
+            None for the best shipped model for ``scale`` (:func:`sr_runtime.zoo.default_model`).
+        scale: the upscaling factor; required with a model name, checked against files.
+        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (see
+            :mod:`sr_runtime.backends` for what runs where).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None picks the fastest available.
+        precision: ``"fp32"`` or ``"fp16"``; None for the artifact's own (FP32 for checkpoints).
+        provider: ONNX Runtime provider (``"cpu"``, ``"cuda"``, ``"tensorrt"``) for ``.onnx`` models.
+        tile: tile side in input pixels; None chooses from free memory; 0 turns tiling off.
+        tile_overlap: context pixels around each tile; None for the model's receptive radius
+            (:func:`sr_runtime.tiling.default_overlap`), which makes tiled equal whole-image output.
+        batch: tiles (or video frames) per backend call; None: 4 on CUDA, 1 on CPU.
+        compile, cuda_graphs, channels_last: torch backend options.
+        runs_dir: where model names look for trained checkpoints before shipped weights.
+
+    Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError. Use as a
+    context manager or call :meth:`close` to free device memory.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        scale: int | None = None,
+        backend: str = "auto",
+        device: str | None = None,
+        precision: str | None = None,
+        provider: str | None = None,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+        batch: int | None = None,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        channels_last: bool | None = None,
+        runs_dir: str | os.PathLike = "runs",
+    ) -> None:
+        if model is None:
+            if scale is None:
+                raise InputError("give a model (name or file) or a scale to pick the default model")
+            from sr_runtime.zoo import default_model
+
+            model = default_model(scale)
+        if tile is not None and tile < 0:
+            raise InputError(f"tile must be >= 0 (0 turns tiling off), got {tile}")
+        if tile_overlap is not None and tile_overlap < 0:
+            raise InputError(f"tile overlap must be >= 0, got {tile_overlap}")
+        if batch is not None and batch < 1:
+            raise InputError(f"batch must be >= 1, got {batch}")
+        self.backend: Backend = create_backend(
+            model,
+            scale=scale,
+            backend=backend,
+            device=device,
+            precision=precision,
+            provider=provider,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            channels_last=channels_last,
+            runs_dir=runs_dir,
+        )
+        self.spec = self.backend.spec
+        self.scale = self.spec.scale
+        self.device = self.backend.device
+        self.tile = tile
+        self.overlap = default_overlap(self.spec) if tile_overlap is None else tile_overlap
+        limits = self.backend.limits
+        if batch is None:
+            batch = 4 if self.device.type == "cuda" else 1
+            if limits.max_batch is not None:
+                batch = min(batch, limits.max_batch)
+            batch = max(batch, limits.min_batch)
+        elif limits.max_batch is not None and not limits.min_batch <= batch <= limits.max_batch:
+            self.backend.close()
+            raise InputError(
+                f"batch {batch} is outside what the {self.backend.name} model takes "
+                f"[{limits.min_batch}, {limits.max_batch}]"
+            )
+        self.batch = batch
+        self._lock = threading.Lock()
+        log.info(
+            "upscaler: x%d, %s, tile %s, overlap %d px, batch %d",
+            self.scale,
+            self.backend.describe(),
+            {None: "auto", 0: "off"}.get(tile, tile),
+            self.overlap,
+            self.batch,
+        )
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _tile_for(self, height: int, width: int, frames: int = 1) -> tuple[int | tuple[int, int] | None, bool]:
+        """(tile, exact) for an image of ``height`` x ``width``: what the user set, or from free memory."""
+        limits = self.backend.limits
+        if limits.static_hw:
+            return limits.max_hw, True
+        if self.tile == 0:
+            return None, False
+        if self.tile is not None:
+            tile = self.tile
+        else:
+            element = 2 if self.backend.input_dtype == torch.float16 else 4
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget, cap = free, _CUDA_MAX_TILE
+            else:
+                budget, cap = _available_ram() // 2, _CPU_MAX_TILE
+            tile = choose_tile_size(
+                budget,
+                scale=self.scale,
+                element_size=element,
+                batch=self.batch,
+                multiple_of=self.spec.multiple_of,
+                min_size=self.spec.min_size,
+                overlap=self.overlap,
+                max_tile=cap,
+            )
+            if height * width <= tile * tile and limits.max_hw is None:
+                return None, False  # the whole image fits the budget: no seams, no overlap work
+        if limits.max_hw is not None:
+            return (min(tile, limits.max_hw[0]), min(tile, limits.max_hw[1])), False
+        return tile, False
+
+    def _min_size(self) -> int:
+        return max(self.spec.min_size, *self.backend.limits.min_hw)
+
+    def _prepare(self, peak: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        dtype = self.backend.input_dtype
+
+        def prepare(raw: torch.Tensor) -> torch.Tensor:
+            x = raw.to(torch.float32) / peak if peak is not None else raw
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            return x.to(dtype)
+
+        return prepare
+
+    def _run(
+        self,
+        lr: torch.Tensor,
+        write,
+        *,
+        peak: float | None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Run the backend tiled over ``lr`` (N, C, H, W) on the device; crops go to ``write``."""
+        tile, exact = self._tile_for(lr.shape[-2], lr.shape[-1])
+        with torch.inference_mode():
+            self._run_plan(lr, write, tile, exact, peak, progress)
+
+    def _run_plan(self, lr, write, tile, exact, peak, progress) -> None:
+        run_tiled_adaptive(
+            lr,
+            self.backend.run,
+            scale=self.scale,
+            write=write,
+            tile=tile,
+            overlap=self.overlap,
+            multiple_of=self.spec.multiple_of,
+            min_size=self._min_size(),
+            exact=exact,
+            batch=self.batch,
+            fixed_batch=self.backend.fixed_batch or self.backend.limits.static_batch,
+            prepare=self._prepare(peak),
+            progress=progress,
+        )
+
+    def _upscale_alpha(self, alpha: torch.Tensor, out: torch.Tensor, peak: float) -> None:
+        """Bicubic (MATLAB) upscaling of (N, 1, H, W) integer alpha into ``out`` (N, sH, sW), tiled."""
+        from sr_runtime.resize import upscale_bicubic
+
+        def write(index, box, crop):
+            y0, y1, x0, x1 = box
+            out[index, y0:y1, x0:x1] = crop[0].clamp(0, 1).mul(peak).round().to(out.dtype)
+
+        tile, _ = self._tile_for(alpha.shape[-2], alpha.shape[-1])
+        with torch.inference_mode():
+            run_tiled_adaptive(
+                alpha,
+                lambda t: upscale_bicubic(t, self.scale),
+                scale=self.scale,
+                write=write,
+                tile=tile if not isinstance(tile, tuple) else max(tile),
+                overlap=4,
+                batch=self.batch,
+                prepare=lambda t: t.to(torch.float32) / peak,
+            )
+
+    # --- public API ------------------------------------------------------------------------------
+
+    def upscale(self, image: np.ndarray | torch.Tensor, *, progress: ProgressFn | None = None):
+        """Upscale one image.
+
+        ``image``: a numpy array HxW, HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA) of uint8 or uint16
+        -> an array of the same dtype and channel layout, ``scale`` times larger (gray is run as
+        three equal channels and written back as one; alpha is upscaled bicubically). Or a float
+        tensor (N, 3|1, H, W) in [0, 1] on any device -> (N, 3|1, sH, sW) of the same dtype on the
+        same device. ``progress(done, total)`` counts tiles. Raises InputError for other inputs.
+        """
+        if isinstance(image, torch.Tensor):
+            return self._upscale_tensor(image, progress)
+        pixels, alpha = _split_channels(image)
+        out_pixels, out_alpha = self._upscale_pixels(pixels, alpha, progress)
+        if out_alpha is not None:
+            return np.concatenate([out_pixels, out_alpha[:, :, None]], axis=2)
+        return out_pixels.reshape(out_pixels.shape[:2]) if np.asarray(image).ndim == 2 else out_pixels
+
+    def _upscale_tensor(self, lr: torch.Tensor, progress: ProgressFn | None) -> torch.Tensor:
+        if lr.ndim != 4 or lr.shape[1] not in (1, 3) or not lr.is_floating_point():
+            raise InputError(f"expected a float (N, 3|1, H, W) tensor in [0, 1], got {lr.dtype} {tuple(lr.shape)}")
+        n, c, h, w = lr.shape
+        s = self.scale
+        with self._lock:
+            x = lr.to(self.device)
+            out = torch.empty((n, c, h * s, w * s), dtype=lr.dtype, device=self.device)
+
+            def write(index, box, crop):
+                y0, y1, x0, x1 = box
+                if c == 1:
+                    crop = _to_gray(crop)
+                out[index, :, y0:y1, x0:x1] = crop.to(out.dtype)
+
+            self._run(x, write, peak=None, progress=progress)
+        return out.to(lr.device)
+
+    def _upscale_pixels(
+        self, pixels: np.ndarray, alpha: np.ndarray | None, progress: ProgressFn | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """HxWxC (C = 1 or 3) uint8/uint16 (+ HxW alpha) -> the same, upscaled. Quantized on the device."""
+        dtype = pixels.dtype
+        peak = 255.0 if dtype == np.uint8 else 65535.0
+        torch_dtype = torch.uint8 if dtype == np.uint8 else torch.uint16
+        h, w, c = pixels.shape
+        s = self.scale
+        with self._lock:
+            lr = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(2, 0, 1)[None]
+            out = torch.empty((1, h * s, w * s, c), dtype=torch_dtype, device=self.device)
+
+            def write(index, box, crop):
+                y0, y1, x0, x1 = box
+                if c == 1:
+                    crop = _to_gray(crop)
+                q = crop.to(torch.float32).clamp(0, 1).mul(peak).round()
+                out[index, y0:y1, x0:x1, :] = q.permute(1, 2, 0).to(torch_dtype)
+
+            self._run(lr, write, peak=peak, progress=progress)
+            out_alpha = None
+            if alpha is not None:
+                a = torch.from_numpy(np.ascontiguousarray(alpha)).to(self.device)[None, None]
+                alpha_out = torch.empty((1, h * s, w * s), dtype=torch_dtype, device=self.device)
+                self._upscale_alpha(a, alpha_out, peak)
+                out_alpha = alpha_out[0].cpu().numpy()
+            return out[0].cpu().numpy(), out_alpha
+
+    def upscale_file(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        *,
+        quality: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Path:
+        """Read ``src`` (PNG, JPEG, WebP, TIFF, BMP; 8/16-bit; gray; alpha; EXIF orientation applied),
+        upscale it, write ``dst`` atomically in the format of its extension; returns ``dst``.
+
+        16-bit input gives 16-bit output where the format holds it (PNG, TIFF); for JPEG/WebP/BMP
+        output it is reduced to 8 bits, and alpha is dropped for JPEG, each with a warning.
+        ``quality`` (1-100) applies to JPEG and WebP. Raises InputError naming the file.
+        """
+        from sr_runtime.images import read_image, write_image
+
+        src, dst = Path(src), Path(dst)
+        img = read_image(src)
+        pixels, alpha = self._upscale_pixels(img.pixels, img.alpha, progress)
+        fmt = dst.suffix.lower()
+        if pixels.dtype == np.uint16 and fmt not in (".png", ".tif", ".tiff"):
+            log.warning("%s: %s holds 8 bits only; writing the 16-bit result as 8-bit", dst.name, fmt)
+            pixels = _to_u8(pixels)
+            alpha = _to_u8(alpha) if alpha is not None else None
+        if alpha is not None and fmt in (".jpg", ".jpeg"):
+            log.warning("%s: JPEG has no alpha channel; the alpha of %s is dropped", dst.name, src.name)
+            alpha = None
+        return write_image(dst, pixels, alpha=alpha, quality=quality, icc_profile=img.icc_profile, exif=img.exif)
+
+    def upscale_video(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        *,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        preset: str | None = None,
+        pix_fmt: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> VideoResult:
+        """Upscale every frame of ``src`` into ``dst`` (container from its extension).
+
+        Decoding and encoding run in their own threads with bounded queues (pinned host buffers on
+        CUDA), frames go through the model ``batch`` at a time. Audio and subtitle streams are
+        copied packet for packet; each frame keeps its timestamp (variable frame rate too) and the
+        colour metadata is carried over. ``codec``: ``libx264``, ``libx265``, ``h264_nvenc``,
+        ``hevc_nvenc``... (checked before anything is written); ``pix_fmt`` None keeps the input's
+        when the encoder takes it (else ``yuv420p``); odd output sides are cropped by one pixel for
+        4:2:0/4:2:2 formats, with a warning. ``progress(done, total)`` counts frames (total 0 when
+        the container does not say). Nothing is left at ``dst`` on failure or Ctrl-C.
+        Raises InputError, VideoError.
+        """
+        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt, probe_video
+
+        start = time.perf_counter()
+        src, dst = Path(src), Path(dst)
+        if src.resolve() == dst.resolve():
+            raise InputError(f"{dst}: the output would overwrite the input; choose another name")
+        info = probe_video(src)
+        s = self.scale
+        pix_fmt = pix_fmt or default_pix_fmt(codec, info.pix_fmt)
+        with self._lock, VideoWriter(
+            dst,
+            width=info.width * s,
+            height=info.height * s,
+            rate=info.rate,
+            time_base=info.time_base,
+            source=src,
+            codec=codec,
+            pix_fmt=pix_fmt,
+            crf=crf,
+            preset=preset,
+            color=info.color,
+        ) as writer, VideoReader(src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2) as reader:
+            log.info(
+                "video: %s %dx%d %s, %d frames -> %s %dx%d %s %s",
+                src.name, info.width, info.height, info.pix_fmt, info.frames, dst.name, writer.width,
+                writer.height, codec, pix_fmt,
+            )
+            out_dtype = torch.uint16 if writer.high_bit_depth else torch.uint8
+            in_dtype = torch.uint16 if info.bit_depth > 8 else torch.uint8
+            pipeline = _FramePipeline(self, writer, (info.height, info.width), in_dtype, out_dtype)
+            done = 0
+            for frames, infos in reader.batches(self.batch):
+                pipeline.process(frames, infos)
+                done += len(frames)
+                if progress is not None:
+                    progress(done, info.frames)
+            writer.close()
+            skipped = reader.skipped_packets
+        if skipped:
+            log.warning("%s: %d damaged packet(s) skipped", src.name, skipped)
+        return VideoResult(dst, writer.frames_written, skipped, time.perf_counter() - start, writer.width, writer.height)
+
+    def close(self) -> None:
+        """Free the backend (device memory, sessions, engines). Idempotent."""
+        self.backend.close()
+
+    def __enter__(self) -> Upscaler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Upscaler x{self.scale} {self.backend.describe()}>"
+
+
+class _FramePipeline:
+    """Upload a batch of frames, run it, quantize on the device, hand it to the encoder thread."""
+
+    def __init__(self, up: Upscaler, writer, hw: tuple[int, int], in_dtype: torch.dtype, out_dtype: torch.dtype):
+        self.up, self.writer = up, writer
+        self.in_peak = 255.0 if in_dtype == torch.uint8 else 65535.0
+        self.out_peak = 255.0 if out_dtype == torch.uint8 else 65535.0
+        self.out_dtype = out_dtype
+        h, w = hw
+        s, n = up.scale, up.batch
+        self.cuda = up.device.type == "cuda"
+        if self.cuda:
+            self.uploads = _PinnedPool(2, (n, h, w, 3), in_dtype)
+            self.downloads = _PinnedPool(4, (n, h * s, w * s, 3), out_dtype)
+
+    def process(self, frames: list[np.ndarray], infos) -> None:
+        up, n = self.up, len(frames)
+        stacked = np.stack(frames)
+        if self.cuda:
+            host = self.uploads.get()
+            host[:n].numpy()[...] = stacked
+            lr = host[:n].to(up.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record(torch.cuda.current_stream(up.device))
+            self.uploads.put(host, uploaded)
+        else:
+            lr = torch.from_numpy(stacked)
+        _, h, w, _ = lr.shape
+        out = torch.empty((n, h * up.scale, w * up.scale, 3), dtype=self.out_dtype, device=up.device)
+        peak = self.out_peak
+
+        def write(index, box, crop):
+            y0, y1, x0, x1 = box
+            q = crop.to(torch.float32).clamp(0, 1).mul(peak).round()
+            out[index, y0:y1, x0:x1, :] = q.permute(1, 2, 0).to(out.dtype)
+
+        up._run(lr.permute(0, 3, 1, 2), write, peak=self.in_peak)
+        if not self.cuda:
+            self.writer.write(out.numpy(), infos)
+            return
+        host = self.downloads.get(check=self.writer._raise_if_failed)
+        host[:n].copy_(out, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(up.device))
+        self.writer.write(
+            host[:n].numpy(), infos, wait=copied.synchronize, release=lambda: self.downloads.put(host)
+        )
+
+
+def _split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    arr = np.asarray(image)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"expected a uint8 or uint16 image array, got {arr.dtype}; use upscale(tensor) for floats")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {arr.shape}")
+    if arr.shape[2] in (2, 4):
+        return arr[:, :, :-1], arr[:, :, -1]
+    return arr, None
+
+
+def _to_gray(crop: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor(_LUMA, dtype=crop.dtype, device=crop.device)[:, None, None]
+    return (crop * weights).sum(0, keepdim=True)
+
+
+def _to_u8(arr: np.ndarray) -> np.ndarray:
+    return np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)

@@ -1,0 +1,159 @@
+"""Tiling: plans of one tile shape, stitching equal to whole-image inference, OOM halving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sr_runtime.archs import ARCHS, build
+from sr_runtime.deploy import DeployModel
+from sr_runtime.errors import BackendUnavailableError, InputError
+from sr_runtime.spec import IOSpec
+from sr_runtime.tiling import (
+    choose_tile_size,
+    default_overlap,
+    plan_tiles,
+    run_tiled,
+    run_tiled_adaptive,
+    upscale_tiled,
+)
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 17, 45, 100, 257])
+@pytest.mark.parametrize("tile,overlap,multiple", [(16, 4, 1), (24, 6, 1), (20, 3, 4), (32, 8, 8)])
+def test_plan_partitions_the_image_with_one_tile_shape_and_enough_context(length, tile, overlap, multiple):
+    plan = plan_tiles(length, length + 3, tile=tile, overlap=overlap, multiple_of=multiple)
+    for origins, keep, size, tile_len in (
+        (plan.ys, plan.y_keep, plan.height, plan.tile_h),
+        (plan.xs, plan.x_keep, plan.width, plan.tile_w),
+    ):
+        assert tile_len % multiple == 0
+        assert keep[0][0] == 0 and keep[-1][1] == size
+        assert all(a[1] == b[0] for a, b in zip(keep, keep[1:])), "kept ranges must tile the axis exactly"
+        for origin, (a, b) in zip(origins, keep):
+            assert origin % multiple == 0
+            assert origin <= a <= b <= origin + tile_len
+            if a > 0:
+                assert a - origin >= overlap, "a kept pixel must see `overlap` pixels of context"
+            if b < size:
+                assert origin + tile_len - b >= overlap
+        assert origins[-1] + tile_len >= size
+
+
+def test_last_tile_is_shifted_back_inside_the_image():
+    plan = plan_tiles(50, 50, tile=20, overlap=4)
+    assert plan.tile_h == plan.tile_w == 20
+    assert plan.ys[-1] == 30 and plan.xs[-1] == 30
+
+
+def test_small_image_is_padded_to_a_static_tile_and_min_size():
+    plan = plan_tiles(5, 9, tile=32, overlap=4, exact=True)
+    assert (plan.tile_h, plan.tile_w) == (32, 32) and plan.ys == (0,) and plan.y_keep == ((0, 5),)
+    plan = plan_tiles(3, 3, tile=None, overlap=4, min_size=8, multiple_of=4)
+    assert (plan.tile_h, plan.tile_w) == (8, 8)
+
+
+def test_tile_without_room_inside_its_overlap_is_an_error():
+    with pytest.raises(InputError, match="overlap"):
+        plan_tiles(100, 100, tile=16, overlap=8)
+    with pytest.raises(InputError, match="smallest input"):
+        plan_tiles(100, 100, tile=8, overlap=2, min_size=16)
+
+
+def test_padded_tiles_run_and_crop_back():
+    lr = torch.rand(2, 3, 5, 7)
+    out = upscale_tiled(lr, lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2), scale=2, tile=None,
+                        overlap=0, multiple_of=4, min_size=8)
+    torch.testing.assert_close(out, lr.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
+def _tiny_spec_model(name: str) -> tuple[torch.nn.Module, IOSpec]:
+    net = build(name, scale=2).eval()
+    return DeployModel(net).eval(), net.io_spec
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_tiled_output_equals_whole_image_output(name):
+    """Random weights, CPU, several small tiles: tiled and whole-image output agree within one 8-bit level."""
+    model, spec = _tiny_spec_model(name)
+    overlap = default_overlap(spec)
+    tile = 2 * overlap + 8  # steps of 8 px: many tiles on a small image
+    h, w = tile + 13, tile + 21
+    lr = torch.rand(1, 3, h, w)
+    with torch.inference_mode():
+        whole = model(lr)
+        tiled = upscale_tiled(lr, model, scale=2, tile=tile, overlap=overlap, multiple_of=spec.multiple_of,
+                              min_size=spec.min_size, batch=3)
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple_of=spec.multiple_of, min_size=spec.min_size)
+    assert plan.tiles_per_image >= 4
+    levels = ((whole * 255).round() - (tiled * 255).round()).abs().max().item()
+    assert levels <= 1, f"{name}: tiled differs from whole-image output by {levels} 8-bit levels"
+
+
+def test_fixed_batch_repeats_the_last_tile():
+    shapes = []
+
+    def fn(t):
+        shapes.append(tuple(t.shape))
+        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    lr = torch.rand(1, 3, 40, 40)
+    out = []
+    plan = plan_tiles(40, 40, tile=16, overlap=2)
+    run_tiled(lr, fn, plan, scale=2, write=lambda i, b, c: out.append(c), batch=4, fixed_batch=True)
+    assert {s[0] for s in shapes} == {4}
+    assert len(out) == plan.tiles_per_image
+
+
+def _fake_oom_fn(limit_pixels: int, calls: list):
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(t.shape))
+        if t.shape[0] * t.shape[-2] * t.shape[-1] > limit_pixels:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        return t.repeat_interleave(2, -1).repeat_interleave(2, -2) * 0.5
+
+    return fn
+
+
+def test_out_of_memory_halves_batch_then_tile_and_drops_no_work():
+    lr = torch.rand(1, 3, 70, 90)
+    calls: list = []
+    out = torch.full((1, 3, 140, 180), -1.0)
+
+    def write(index, box, crop):
+        y0, y1, x0, x1 = box
+        out[index, :, y0:y1, x0:x1] = crop
+
+    plan = run_tiled_adaptive(lr, _fake_oom_fn(30 * 30, calls), scale=2, write=write, tile=64, overlap=4, batch=4)
+    assert (plan.tile_h, plan.tile_w) == (16, 16)
+    assert [c[0] for c in calls[:3]] == [4, 2, 1] and (1, 3, 32, 32) in calls
+    torch.testing.assert_close(out, lr.repeat_interleave(2, -1).repeat_interleave(2, -2) * 0.5)
+
+
+def test_out_of_memory_on_a_static_shape_is_an_error_not_a_drop():
+    calls: list = []
+    with pytest.raises(BackendUnavailableError, match="out of device memory"):
+        run_tiled_adaptive(torch.rand(1, 3, 40, 40), _fake_oom_fn(10, calls), scale=2, write=lambda *a: None,
+                           tile=32, overlap=4, exact=True)
+
+
+def test_other_errors_are_not_retried():
+    def fn(t):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_tiled_adaptive(torch.rand(1, 3, 20, 20), fn, scale=2, write=lambda *a: None, tile=16, overlap=2)
+
+
+def test_tile_size_from_memory_grows_with_memory_and_respects_bounds():
+    small = choose_tile_size(64 << 20, scale=4, multiple_of=8, overlap=10)
+    large = choose_tile_size(16 << 30, scale=4, multiple_of=8, overlap=10)
+    assert small < large <= 1024
+    assert small >= 2 * 10 + 16 and small % 8 == 0 and large % 8 == 0
+    assert choose_tile_size(16 << 30, scale=4, element_size=2) >= choose_tile_size(16 << 30, scale=4, element_size=4)
+
+
+def test_default_overlap_covers_receptive_radius_and_bicubic():
+    assert default_overlap(IOSpec(scale=2)) == 4
+    assert default_overlap(IOSpec(scale=2, receptive_radius=20)) == 20
+    assert default_overlap(IOSpec(scale=2, in_channels=1, color="y", receptive_radius=20)) == 22
