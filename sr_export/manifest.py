@@ -1,0 +1,148 @@
+"""``export.json``: what an export directory holds, how it was made and how close it is to PyTorch.
+
+One manifest per export directory: the files (name, sha256, bytes), the I/O contract (names,
+axes, IOSpec), the TensorRT profile, the parity table (artifact, image, size, PSNR, max |diff|,
+NaN/Inf), the time each step took, the source checkpoint and the versions of every tool involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sr_export.verify import ParityRow
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "file_entry",
+    "sha256_file",
+    "tool_versions",
+    "write_manifest",
+    "read_manifest",
+    "atomic_write_bytes",
+    "current_umask",
+]
+
+MANIFEST_NAME = "export.json"
+MANIFEST_VERSION = 1
+
+_TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common", "tensorrt", "numpy")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: str | Path, *, kind: str, precision: str | None = None) -> dict[str, Any]:
+    """``{"name", "kind", "precision", "sha256", "bytes"}`` of a file in the export directory."""
+    path = Path(path)
+    entry: dict[str, Any] = {"name": path.name, "kind": kind, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if precision is not None:
+        entry["precision"] = precision
+    return entry
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages an export uses (None where not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    from sr_runtime.checkpoint import code_revision
+
+    versions["sr_runtime_revision"] = code_revision()
+    return versions
+
+
+@dataclass
+class Manifest:
+    """The content of ``export.json``; fields are filled in as the export proceeds."""
+
+    name: str
+    scale: int
+    command: str
+    source: dict[str, Any]
+    """Checkpoint path, how it was resolved, sha256, arch, hparams."""
+    io: dict[str, Any]
+    """Input/output names, dynamic axes and the IOSpec."""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    parity: list[ParityRow] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
+    fp16: dict[str, Any] | None = None
+    """FP16 conversion: I/O precision and the nodes kept in FP32."""
+    engine: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=tool_versions)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def add_file(self, path: str | Path, *, kind: str, precision: str | None = None) -> None:
+        entry = file_entry(path, kind=kind, precision=precision)
+        self.files = [f for f in self.files if f["name"] != entry["name"]] + [entry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "name": self.name,
+            "scale": self.scale,
+            "created": self.created,
+            "command": self.command,
+            "source": self.source,
+            "io": self.io,
+            "files": self.files,
+            "profile": self.profile,
+            "fp16": self.fp16,
+            "engine": self.engine,
+            "parity": [row.to_dict() for row in self.parity],
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+            "versions": self.versions,
+            "notes": self.notes,
+        }
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; give it the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    """Write ``directory/export.json`` atomically (temp file + rename); returns its path."""
+    text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(Path(directory) / MANIFEST_NAME, text.encode())
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / MANIFEST_NAME).read_text())
