@@ -1,0 +1,449 @@
+"""``sr-bench``: latency beside parity and quality, per model, backend and precision.
+
+    sr-bench --quick --out bench_out                 # a few minutes on a laptop CPU
+    sr-bench --models edsr,fsrcnn --scales 2,4 --backends torch,onnxruntime,tensorrt --precisions fp32,fp16
+    sr-bench --sizes 270x480,1080x1920 --batch 1,4 --runs 50 --no-video --out bench_h100
+
+Writes ``OUT/results.json`` (schema: :mod:`benchmarks.report`), ``OUT/report.md`` and PNG plots.
+This module is the only one in ``benchmarks`` that prints or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks.common import REPO_ROOT, atomic_write_text, environment, json_safe, write_json
+
+__all__ = ["main", "build_parser", "PRESETS", "run_bench"]
+
+log = logging.getLogger("benchmarks")
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+"""``../shared/data`` relative to the checkout."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    models: tuple[str, ...]
+    scales: tuple[int, ...]
+    sizes: tuple[str, ...]
+    backends: tuple[str, ...]
+    precisions: tuple[str, ...]
+    batch: tuple[int, ...]
+    runs: int
+    warmup: int
+    datasets: tuple[str, ...]
+    limits: tuple[str, ...]
+    video_frames: int
+    video_forms: str
+    parity_images: int
+    max_row_seconds: float
+
+
+PRESETS: dict[str, Preset] = {
+    # Small models, two sizes, CPU-friendly: a few minutes on 2 cores.
+    "quick": Preset(
+        models=("fsrcnn", "espcn", "edsr"),
+        scales=(4,),
+        sizes=("128x128", "270x480"),
+        backends=("torch", "onnxruntime"),
+        precisions=("fp32", "fp16"),
+        batch=(1,),
+        runs=5,
+        warmup=1,
+        datasets=("Set5",),
+        limits=("edsr=128x128",),
+        video_frames=10,
+        video_forms="first",
+        parity_images=2,
+        max_row_seconds=20.0,
+    ),
+    # Everything, for a GPU machine: every model, the standard sizes up to 1080p input.
+    "full": Preset(
+        models=("srcnn", "fsrcnn", "espcn", "vdsr", "edsr", "edsr-large", "red10", "red30", "drrn", "srresnet"),
+        scales=(2, 3, 4),
+        sizes=("128x128", "270x480", "540x960", "1080x1920"),
+        backends=("torch", "onnxruntime", "tensorrt"),
+        precisions=("fp32", "fp16"),
+        batch=(1, 4),
+        runs=50,
+        warmup=10,
+        datasets=("Set5", "Set14", "BSD100"),
+        limits=(),
+        video_frames=100,
+        video_forms="all",
+        parity_images=3,
+        max_row_seconds=120.0,
+    ),
+}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = text.lower().split("x")
+        hw = int(h), int(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW (e.g. 270x480)") from None
+    if min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return hw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sr-bench",
+        description="Benchmark super-resolution models: latency (p50/p95/p99, fps, peak memory) per model x scale x "
+        "input size x backend x precision x batch, parity against PyTorch FP32, PSNR/SSIM on Set5/Set14/BSD100 "
+        "beside the published numbers, and end-to-end video fps. Writes OUT/results.json, OUT/report.md, OUT/*.png.",
+        epilog="Options left out take the preset's value (--quick, else the full preset); list values are "
+        "comma-separated. Models without trained or shipped weights run with random weights, marked as such, "
+        "and get no quality figures.",
+    )
+    p.add_argument("--quick", action="store_true", help="small models, two sizes, CPU backends, few runs, Set5 only")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default: bench_out)")
+    p.add_argument("--models", type=_csv, help="registry names or checkpoint paths, e.g. fsrcnn,edsr")
+    p.add_argument("--scales", type=lambda s: [int(v) for v in _csv(s)], help="e.g. 2,4")
+    p.add_argument("--sizes", type=lambda s: [_parse_hw(v) for v in _csv(s)], help="LR input sizes HxW, e.g. 128x128,270x480")
+    p.add_argument("--limit", action="append", metavar="MODEL=HxW",
+                   help="largest input size for one model (repeatable), e.g. edsr=270x480")
+    p.add_argument("--backends", type=_csv, help="torch,onnxruntime,tensorrt")
+    p.add_argument("--precisions", type=_csv, help="fp32,fp16")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
+    p.add_argument("--batch", type=lambda s: [int(v) for v in _csv(s)], help="batch sizes, e.g. 1,4")
+    p.add_argument("--runs", type=int, help="timed calls per row")
+    p.add_argument("--warmup", type=int, help="untimed calls after the first (cold) one")
+    p.add_argument("--max-row-seconds", type=float,
+                   help="cap on one row's timed calls: fewer runs when the first call says they would take longer")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and ONNX Runtime (default: torch's default, which ONNX Runtime is given too)")
+    p.add_argument("--parity-size", type=_parse_hw, default=(64, 96), help="LR crop size of the parity photos (default 64x96)")
+    p.add_argument("--parity-images", type=int, help="how many scikit-image photos for parity (1-3)")
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"folder holding Set5/Set14/BSD100 (default: {DEFAULT_DATA} when present)")
+    p.add_argument("--datasets", type=_csv, help="Set5,Set14,BSD100")
+    p.add_argument("--no-quality", action="store_true", help="skip PSNR/SSIM on the datasets")
+    p.add_argument("--video", default=None,
+                   help="clip for the end-to-end figure: a video file, or 'synthetic' "
+                   "(default: DATA/video/chaplin.mp4 when present, else synthetic)")
+    p.add_argument("--video-frames", type=int, help="frames of the clip to use")
+    p.add_argument("--video-size", type=_parse_hw, default=None, help="resize the clip's frames to HxW first")
+    p.add_argument("--video-model", default=None, help="model for the video figure (default: the first of --models)")
+    p.add_argument("--video-forms", choices=("first", "all"), help="video on the first form only (torch) or every form")
+    p.add_argument("--no-video", action="store_true", help="skip the end-to-end video figure")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained checkpoints are looked up")
+    p.add_argument("--random-weights", action="store_true",
+                   help="benchmark randomly initialised models even where weights exist (latency and parity only)")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep exported ONNX/engine files under OUT/artifacts")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    preset_name = "quick" if args.quick else "full"
+    preset = PRESETS[preset_name]
+    args.preset = preset_name
+    for key in ("models", "scales", "backends", "precisions", "batch", "runs", "warmup", "datasets",
+                "video_frames", "video_forms", "parity_images", "max_row_seconds"):
+        if getattr(args, key) is None:
+            value = getattr(preset, key)
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    if args.sizes is None:
+        args.sizes = [_parse_hw(s) for s in preset.sizes]
+    limits = list(preset.limits) if args.limit is None else args.limit
+    args.limits = {}
+    for item in limits:
+        name, sep, hw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"sr-bench: error: --limit {item!r} is not MODEL=HxW")
+        args.limits[name.strip()] = _parse_hw(hw)
+    if args.data is None and DEFAULT_DATA.is_dir():
+        args.data = DEFAULT_DATA
+    if args.runs < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
+        raise SystemExit("sr-bench: error: --runs >= 1, --warmup >= 0 and --batch >= 1 are required")
+    for prec in args.precisions:
+        if prec not in ("fp32", "fp16"):
+            raise SystemExit(f"sr-bench: error: precision {prec!r}; valid: fp32, fp16")
+    for backend in args.backends:
+        if backend not in ("torch", "onnxruntime", "tensorrt"):
+            raise SystemExit(f"sr-bench: error: backend {backend!r}; valid: torch, onnxruntime, tensorrt")
+    return args
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def _forms(args, device: str):
+    from benchmarks.bench_backends import Form
+
+    return [Form(b, p, device) for b in args.backends for p in args.precisions]
+
+
+def _unavailable(form, device: str) -> str | None:
+    """Why ``form`` cannot run on this machine at all (checked before exporting anything), or None."""
+    from sr_runtime.backends import available_backends
+
+    have = available_backends()
+    if form.backend == "tensorrt":
+        if not have["tensorrt"]:
+            return "TensorRT needs the tensorrt package and a CUDA GPU; not available here"
+        if device == "cpu":
+            return "TensorRT runs on CUDA devices only"
+    if form.backend == "onnxruntime":
+        need = "cpu" if device == "cpu" else "cuda"
+        if need not in have["onnxruntime"]:
+            return f"ONNX Runtime provider {need!r} is not available (have: {', '.join(have['onnxruntime']) or 'none'})"
+    if form.backend == "torch" and form.precision == "fp16" and device == "cpu":
+        return "the torch backend runs FP16 on CUDA only"
+    return None
+
+
+def _sizes_for(model: str, sizes, limits) -> list[tuple[int, int]]:
+    cap = limits.get(model)
+    if cap is None:
+        return list(sizes)
+    kept = [s for s in sizes if s[0] * s[1] <= cap[0] * cap[1] and s[0] <= cap[0] and s[1] <= cap[1]]
+    return kept or [cap]
+
+
+def _profile(sizes: list[tuple[int, int]], batches: list[int], spec) -> dict:
+    """TensorRT profile covering every benchmarked size and the quality sets' LR images."""
+    from benchmarks.bench_backends import align_hw
+
+    aligned = [align_hw(h, w, spec) for h, w in sizes]
+    max_h = max(max(h for h, _ in aligned), 360)
+    max_w = max(max(w for _, w in aligned), 360)
+    min_h = min(min(h for h, _ in aligned), 32)
+    min_w = min(min(w for _, w in aligned), 32)
+    return {
+        "min_shape": align_hw(min_h, min_w, spec),
+        "opt_shape": aligned[0],
+        "max_shape": align_hw(max_h, max_w, spec),
+        "batch": max(batches),
+    }
+
+
+def run_bench(args: argparse.Namespace, command: str) -> dict:
+    """Run everything ``args`` asks for; returns the results dict (schema: benchmarks.report)."""
+    import torch
+
+    from benchmarks import bench_quality
+    from benchmarks.bench_backends import bench_model, prepare_model
+    from benchmarks.report import SCHEMA_VERSION
+    from sr_runtime.errors import SRError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = args.threads or torch.get_num_threads()
+    device = _device(args.device)
+    start = time.perf_counter()
+    results: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "sr-bench",
+        "command": command,
+        "preset": args.preset,
+        "config": {
+            "models": args.models, "scales": args.scales, "sizes": [f"{h}x{w}" for h, w in args.sizes],
+            "limits": {k: f"{h}x{w}" for k, (h, w) in args.limits.items()}, "backends": args.backends,
+            "precisions": args.precisions, "device": device, "batch": args.batch, "runs": args.runs,
+            "warmup": args.warmup, "max_row_seconds": args.max_row_seconds, "threads": threads,
+            "parity_size": f"{args.parity_size[0]}x{args.parity_size[1]}", "parity_images": args.parity_images,
+            "data": str(args.data) if args.data else None, "datasets": args.datasets,
+            "quality": not args.no_quality, "video": None if args.no_video else (args.video or "default"),
+            "video_frames": args.video_frames, "random_weights": args.random_weights,
+        },
+        "environment": environment(),
+        "models": [],
+        "latency": [],
+        "parity": [],
+        "quality": [],
+        "video": [],
+        "skipped": [],
+    }
+    skipped = results["skipped"]
+    all_forms = _forms(args, device)
+    forms = []
+    for form in all_forms:
+        why = _unavailable(form, device)
+        if why:
+            skipped.append({"stage": "all", "backend": form.backend, "precision": form.precision, "reason": why})
+            log.warning("skip %s: %s", form, why)
+        else:
+            forms.append(form)
+
+    quality_dirs = []
+    if not args.no_quality:
+        if args.data is None:
+            skipped.append({"stage": "quality", "reason": f"no data folder (--data; {DEFAULT_DATA} not found)"})
+        else:
+            for ds in args.datasets:
+                if (Path(args.data) / ds).is_dir():
+                    quality_dirs.append(ds)
+                else:
+                    skipped.append({"stage": "quality", "dataset": ds, "reason": f"{Path(args.data) / ds} not found"})
+
+    workdir_ctx = tempfile.TemporaryDirectory(prefix="sr-bench-")
+    workdir = Path(workdir_ctx.name)
+    video_done = False
+    try:
+        for ds in quality_dirs:
+            for scale in args.scales:
+                try:
+                    results["quality"].append(bench_quality.bicubic_row(scale, args.data, ds))
+                except SRError as e:
+                    skipped.append({"stage": "quality", "model": "bicubic", "scale": scale, "dataset": ds, "reason": str(e)})
+        for name in args.models:
+            for scale in args.scales:
+                try:
+                    mut = prepare_model(name, scale, workdir=workdir, runs_dir=args.runs_dir, random_weights=args.random_weights)
+                except SRError as e:
+                    skipped.append({"stage": "model", "model": name, "scale": scale, "reason": f"{type(e).__name__}: {e}"})
+                    log.warning("skip %s x%d: %s", name, scale, e)
+                    continue
+                results["models"].append(mut.record())
+                sizes = _sizes_for(name, args.sizes, args.limits)
+                latency, parity, skips, arts = bench_model(
+                    mut,
+                    forms,
+                    sizes=sizes,
+                    batches=args.batch,
+                    warmup=args.warmup,
+                    runs=args.runs,
+                    workdir=workdir,
+                    parity_size=args.parity_size,
+                    parity_images=args.parity_images,
+                    max_row_s=args.max_row_seconds,
+                    threads=threads,
+                    profile=_profile(sizes, args.batch, mut.spec)
+                    if any(f.backend == "tensorrt" for f in forms)
+                    else None,
+                )
+                results["latency"] += latency
+                results["parity"] += parity
+                skipped += skips
+                measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
+                                                    for r in parity)]
+                if quality_dirs:
+                    _quality(results, mut, measured, arts, quality_dirs, args)
+                if not args.no_video and not video_done and (args.video_model or args.models[0]) == name:
+                    _video(results, mut, measured, arts, workdir, args)
+                    video_done = True
+                if args.keep_artifacts:
+                    dest = Path(args.out) / "artifacts"
+                    dest.mkdir(parents=True, exist_ok=True)
+                    for path in arts.files.values():
+                        shutil.copy2(path, dest / path.name)
+    finally:
+        workdir_ctx.cleanup()
+    results["wall_s"] = time.perf_counter() - start
+    return results
+
+
+def _quality(results, mut, forms, arts, datasets, args) -> None:
+    from benchmarks import bench_quality
+    from benchmarks.bench_backends import open_backend
+    from sr_runtime.errors import SRError
+
+    if mut.weights == "random":
+        results["skipped"].append({"stage": "quality", "model": mut.model, "scale": mut.scale,
+                                   "reason": "random weights: PSNR/SSIM would be meaningless"})
+        return
+    for form in forms:
+        try:
+            with open_backend(mut, form, arts, threads=args.threads) as backend:
+                for ds in datasets:
+                    results["quality"].append(bench_quality.quality_row(mut, form, backend, args.data, ds))
+        except SRError as e:
+            results["skipped"].append({"stage": "quality", "model": mut.model, "scale": mut.scale,
+                                       "backend": form.backend, "precision": form.precision,
+                                       "reason": f"{type(e).__name__}: {e}"})
+
+
+def _video(results, mut, forms, arts, workdir, args) -> None:
+    from benchmarks.bench_video import bench_video, make_clip
+    from sr_runtime.errors import SRError
+
+    source = args.video
+    if source is None:
+        default = Path(args.data) / "video" / "chaplin.mp4" if args.data else None
+        source = str(default) if default is not None and default.is_file() else "synthetic"
+    try:
+        clip, label = make_clip(None if source == "synthetic" else source, args.video_frames, workdir,
+                                size=args.video_size)
+    except (SRError, OSError) as e:
+        results["skipped"].append({"stage": "video", "reason": f"cannot make the clip from {source}: {e}"})
+        return
+    for form in forms if args.video_forms == "all" else forms[:1]:
+        try:
+            results["video"].append(bench_video(mut, form, arts, clip, label, workdir))
+        except (SRError, OSError) as e:
+            results["skipped"].append({"stage": "video", "model": mut.model, "scale": mut.scale,
+                                       "backend": form.backend, "precision": form.precision,
+                                       "reason": f"{type(e).__name__}: {e}"})
+
+
+def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]:
+    """results.json, report.md and the plots into ``out`` (each written atomically)."""
+    from benchmarks.plots import write_plots
+    from benchmarks.report import render_markdown, validate_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = json_safe(results)  # what the JSON holds is what the report and plots show
+    results["plots"] = [p.name for p in write_plots(results, out)] if plots else []
+    validate_results(results)
+    paths = [write_json(out / "results.json", results)]
+    paths.append(atomic_write_text(out / "report.md", render_markdown(results)))
+    return paths + [out / p for p in results["plots"]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _resolve(build_parser().parse_args(argv))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from sr_runtime.errors import SRError
+
+    command = shlex.join(["sr-bench", *argv])
+    try:
+        results = run_bench(args, command)
+        paths = write_outputs(results, Path(args.out), plots=not args.no_plots)
+    except SRError as e:
+        print(f"sr-bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sr-bench: interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(f"sr-bench: {len(results['latency'])} latency rows, {len(results['parity'])} parity rows, "
+          f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, "
+          f"{len(results['skipped'])} skipped, in {results['wall_s']:.0f} s")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""A tiny real sr-bench run (fsrcnn, random weights, tiny sizes, 2 runs, no data) and its output schema."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.report import LATENCY_FIELDS, PARITY_FIELDS, validate_results
+
+# The fields the issue requires on every latency row.
+REQUIRED = (
+    "model", "scale", "input_h", "input_w", "backend", "precision", "batch",
+    "p50_ms", "p95_ms", "p99_ms", "fps", "peak_mem_mib", "parity_psnr_db", "parity_max_abs_u8",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = main([
+        "--models", "fsrcnn", "--scales", "2", "--random-weights",
+        "--sizes", "16x16,24x32", "--batch", "1,2", "--runs", "2", "--warmup", "0",
+        "--backends", "torch,onnxruntime", "--precisions", "fp32",
+        "--parity-size", "16x24", "--parity-images", "1",
+        "--no-quality", "--no-video", "--runs-dir", str(out / "no_runs"), "--out", str(out),
+    ])
+    assert rc == 0
+    return out
+
+
+def _strict_json(path):
+    def reject(value):
+        raise AssertionError(f"non-standard JSON constant {value} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_tiny_run_writes_json_markdown_and_two_plots(tiny_run):
+    assert (tiny_run / "results.json").is_file()
+    assert (tiny_run / "report.md").read_text().startswith("# sr-bench report")
+    pngs = sorted(p.name for p in tiny_run.glob("*.png"))
+    assert pngs == ["latency_vs_psnr.png", "latency_vs_resolution.png"]
+    for png in pngs:
+        assert (tiny_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_follow_the_schema(tiny_run):
+    data = _strict_json(tiny_run / "results.json")
+    validate_results(data)
+    # 2 backends x 2 sizes x 2 batches, all measured on this CPU
+    assert len(data["latency"]) == 8
+    assert {(r["backend"], r["input_h"], r["input_w"], r["batch"]) for r in data["latency"]} == {
+        (b, h, w, n) for b in ("torch", "onnxruntime") for h, w in ((16, 16), (24, 32)) for n in (1, 2)
+    }
+    for row in data["latency"]:
+        assert set(row) == set(LATENCY_FIELDS)
+        for key in REQUIRED:
+            assert key in row
+        assert row["model"] == "fsrcnn" and row["scale"] == 2 and row["weights"] == "random"
+        assert row["output_h"] == 2 * row["input_h"] and row["output_w"] == 2 * row["input_w"]
+        assert row["runs"] == 2 and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert math.isclose(row["fps"], row["batch"] * 1000 / row["p50_ms"])
+        assert row["peak_mem_mib"] is not None and row["peak_mem_mib"] >= 0
+        assert row["mem_kind"].startswith("cpu_")
+        assert row["parity_max_abs_u8"] is not None and row["parity_nonfinite"] == 0
+    for row in data["parity"]:
+        assert set(row) == set(PARITY_FIELDS)
+    by_backend = {r["backend"]: r for r in data["parity"]}
+    # torch FP32 is the reference itself; ONNX Runtime FP32 agrees to far better than one level
+    assert by_backend["torch"]["max_abs_u8"] == 0 and by_backend["torch"]["psnr_db"] is None
+    ort = by_backend["onnxruntime"]
+    assert ort["max_abs_u8"] < 0.01
+    assert ort["psnr_db"] is None or ort["psnr_db"] > 80  # None: bit-identical
+
+
+def test_environment_names_machine_versions_and_commit(tiny_run):
+    env = _strict_json(tiny_run / "results.json")["environment"]
+    assert env["cpu_model"] and env["cpu_count"] >= 1
+    assert env["torch"] and env["onnxruntime"]
+    for key in ("gpu", "driver", "torch_cuda", "tensorrt", "commit"):
+        assert key in env  # None where absent, but always recorded
+
+
+def test_random_weights_are_marked_and_get_no_quality(tiny_run):
+    data = _strict_json(tiny_run / "results.json")
+    assert data["models"][0]["weights"] == "random"
+    assert "random weights" in (tiny_run / "report.md").read_text()
+    assert data["quality"] == []
+
+
+def test_validate_rejects_a_row_without_percentiles(tiny_run):
+    data = _strict_json(tiny_run / "results.json")
+    del data["latency"][0]["p99_ms"]
+    with pytest.raises(ValueError, match="p99_ms"):
+        validate_results(data)
