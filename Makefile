@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 MODEL ?= fsrcnn
 SCALE ?= 4
-DATA ?=
+# Training data: the classic 291 set (T91 + BSD200) and Set5 for validation when ../shared/data is present,
+# else sr-train's embedded default (scikit-image photos).
+DATA ?= $(wildcard ../shared/data/T91 ../shared/data/BSD200)
+VAL ?= $(wildcard ../shared/data/Set5)
 INPUT ?=
 ARGS ?=
 
@@ -30,10 +33,10 @@ test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 train: setup
-	$(BIN)/sr-train --model $(MODEL) --scale $(SCALE) $(if $(DATA),--data $(DATA)) $(ARGS)
+	$(BIN)/sr-train --model $(MODEL) --scale $(SCALE) $(if $(DATA),--data $(DATA)) $(if $(VAL),--val $(VAL)) $(ARGS)
 
 eval: setup
-	$(BIN)/sr-eval $(or $(DATA),../shared/data/Set5) --scale $(SCALE) --model $(MODEL) $(ARGS)
+	$(BIN)/sr-eval $(or $(EVAL_DATA),../shared/data/Set5) --scale $(SCALE) --model $(MODEL) $(ARGS)
 
 export: setup
 	$(BIN)/sr-export --model $(MODEL) --scale $(SCALE) $(ARGS)

@@ -1,0 +1,323 @@
+"""What both training loops share: devices, DDP, run directories, data, validation, resumable state.
+
+Everything here takes plain arguments; :mod:`sr_train.train` and :mod:`sr_train.train_gan` read the
+config and call these in order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from sr_runtime.archs import build, resolve_hparams
+from sr_runtime.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from sr_runtime.deploy import DeployModel
+from sr_runtime.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError, UnsupportedScaleError
+from sr_runtime.evaluate import min_hr_size, score_image
+from sr_runtime.resize import modcrop
+from sr_runtime.spec import IOSpec
+from sr_train.config import TrainConfig, config_from_dict, config_to_dict
+from sr_train.data import (
+    DEFAULT_TRAIN_PHOTOS,
+    DEFAULT_VAL_PHOTOS,
+    HRImage,
+    PairedPatches,
+    load_default_photos,
+    load_hr_folder,
+)
+
+__all__ = ["Dist", "setup_dist", "resolve_device", "build_model", "load_data", "validate", "RunFiles", "EMA"]
+
+log = logging.getLogger("sr_train")
+
+STATE_FILE = "last.pt"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.csv"
+LOG_FIELDS = ("step", "loss", "lr", "val_psnr", "val_ssim", "seconds")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says True (stop decisions must be collective)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return device
+
+
+def setup_dist(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world), device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(name: str, scale: int, hparams: dict[str, Any], init_from: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The registry model, optionally initialised from the same-shaped tensors of a checkpoint."""
+    resolved = resolve_hparams(name, scale=scale, **hparams)
+    model = build(name, scale=scale, **resolved)
+    if init_from:
+        source = load_checkpoint(init_from).model.state_dict()
+        own = model.state_dict()
+        taken = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        if not taken:
+            raise CheckpointError(f"{init_from}: no tensor matches {name} x{scale}; cannot initialise from it")
+        own.update(taken)
+        model.load_state_dict(own)
+        log.info("initialised %d/%d tensors from %s", len(taken), len(own), init_from)
+    return model, resolved
+
+
+def load_data(train_dirs: list[str] | None, val_dir: str | None) -> tuple[list[HRImage], list[HRImage]]:
+    if not train_dirs:
+        log.info("no --data given: training on scikit-image's sample photos (%s)", ", ".join(DEFAULT_TRAIN_PHOTOS))
+        train = load_default_photos(DEFAULT_TRAIN_PHOTOS)
+    else:
+        train = [img for folder in train_dirs for img in load_hr_folder(folder)]
+    if val_dir is None:
+        log.info("no --val given: validating on scikit-image's %s", ", ".join(DEFAULT_VAL_PHOTOS))
+        val = load_default_photos(DEFAULT_VAL_PHOTOS)
+    else:
+        val = load_hr_folder(val_dir)
+    return train, val
+
+
+def check_val_images(images: list[HRImage], scale: int) -> None:
+    least = min_hr_size(scale)
+    for img in images:
+        h, w = img.rgb.shape[-2:]
+        if min(h - h % scale, w - w % scale) < least:
+            raise InputError(f"validation image {img.name} is {w}x{h}; it needs at least {least}x{least} at x{scale}")
+
+
+@torch.no_grad()
+def validate(net: nn.Module, spec: IOSpec, images: list[HRImage], device: torch.device) -> tuple[float, float]:
+    """Mean (PSNR, SSIM) on Y with a ``scale``-pixel crop, through the deploy wrapper (the literature's protocol)."""
+    model = DeployModel(net, spec).eval()
+    was_training = net.training
+    net.eval()
+    scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
+              for img in images]
+    net.train(was_training)
+    return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = build_clone(model)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def build_clone(model: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(False)
+    return clone
+
+
+def make_optimizer(params, *, optimizer: str, lr: float, betas, momentum: float, weight_decay: float):
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def make_scheduler(opt, *, kind: str, steps: int, step_size: int, milestones, gamma: float, min_lr: float):
+    s = torch.optim.lr_scheduler
+    if kind == "step":
+        return s.StepLR(opt, step_size=step_size, gamma=gamma)
+    if kind == "multistep":
+        return s.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
+    if kind == "exponential":
+        return s.ExponentialLR(opt, gamma=gamma)
+    if kind == "cosine":
+        return s.CosineAnnealingLR(opt, T_max=steps, eta_min=min_lr)
+    return s.LambdaLR(opt, lambda _: 1.0)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFiles:
+    """A run directory: config.yaml, log.csv, best/last checkpoints, last.pt (resumable state), TensorBoard events."""
+
+    def __init__(self, path: Path, *, main: bool) -> None:
+        self.path = path
+        self.main = main
+        self._tb = None
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, *, main: bool) -> RunFiles:
+        name = cfg.run_name or f"{cfg.model.name}_x{cfg.model.scale}_{time.strftime('%Y%m%d-%H%M%S')}"
+        path = Path(cfg.out) / name
+        if main:
+            if (path / STATE_FILE).exists():
+                raise ConfigError(f"{path} already holds a run; use --resume {path} or another run_name")
+            path.mkdir(parents=True, exist_ok=True)
+            tmp = path / f".{CONFIG_FILE}.tmp"
+            tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            os.replace(tmp, path / CONFIG_FILE)
+            with open(path / LOG_FILE, "w", newline="") as f:
+                csv.writer(f).writerow(LOG_FIELDS)
+        return cls(path, main=main)
+
+    @staticmethod
+    def read_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        cfg_file = path / CONFIG_FILE
+        if not (path / STATE_FILE).is_file() or not cfg_file.is_file():
+            raise InputError(f"{path}: not a resumable run directory (needs {CONFIG_FILE} and {STATE_FILE})")
+        data = yaml.safe_load(cfg_file.read_text())
+        return config_from_dict(data)
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log rows after ``step`` (written after the last saved state, before an interruption)."""
+        if not self.main:
+            return
+        path = self.path / LOG_FILE
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        os.replace(tmp, path)
+
+    def log_row(self, **values: Any) -> None:
+        if not self.main:
+            return
+        with open(self.path / LOG_FILE, "a", newline="") as f:
+            csv.writer(f).writerow([values.get(k, "") for k in LOG_FIELDS])
+        tb = self.tensorboard()
+        if tb is not None:
+            for key in ("loss", "lr", "val_psnr", "val_ssim"):
+                if values.get(key) not in (None, ""):
+                    tb.add_scalar(key, float(values[key]), int(values["step"]))
+
+    def tensorboard(self):
+        if self._tb is None and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard is not installed; TensorBoard events are not written (pip install tensorboard)")
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(str(self.path))
+        return self._tb or None
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+
+    def save_weights(self, which: str, model: nn.Module, cfg: TrainConfig, hparams: dict, metrics: dict) -> Path:
+        return save_checkpoint(
+            self.path / f"{which}.safetensors", model, arch=cfg.model.name, scale=cfg.model.scale,
+            hparams=hparams, recipe=config_to_dict(cfg), metrics=metrics,
+        )
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if self.main:
+            atomic_torch_save(state, self.path / STATE_FILE)
+
+    def load_state(self, device: torch.device) -> dict[str, Any]:
+        try:
+            return torch.load(self.path / STATE_FILE, map_location=device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{self.path / STATE_FILE}: cannot read the resumable state ({e})") from e
+
+
+def check_resume_scale(run: Path, cfg: TrainConfig, scale: int | None, model: str | None) -> None:
+    if scale is not None and scale != cfg.model.scale:
+        raise UnsupportedScaleError(
+            f"{run}: this run trains {cfg.model.name} x{cfg.model.scale}; --scale {scale} does not match "
+            f"(drop --scale, or start a new run)"
+        )
+    if model is not None and model != cfg.model.name:
+        raise ConfigError(f"{run}: this run trains {cfg.model.name}; --model {model} does not match")
+
+
+def best_metrics_of(path: Path) -> dict[str, Any]:
+    try:
+        return read_metadata(path).get("metrics", {})
+    except CheckpointError:
+        return {}
