@@ -20,8 +20,10 @@ from sr_runtime.errors import (
     VideoError,
 )
 from sr_runtime.spec import IOSpec
+from sr_runtime.upscaler import Upscaler
 
 __all__ = [
+    "Upscaler",
     "ARCHS",
     "build",
     "list_archs",

@@ -311,6 +311,9 @@ def write_image(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual mode
     except OSError as e:
         raise InputError(f"{path}: cannot create the file in {path.parent} ({e})") from e
     try:
