@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sr-train: interrupted; the last saved state is intact (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():  # a failed DDP run: leave the group cleanly
+            tdist.destroy_process_group()
     print(run_dir)
     return 0
 

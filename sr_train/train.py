@@ -190,7 +190,13 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if bar is not None:
         bar.close()
     if dist.enabled:
+        import torch.distributed as tdist
+
         log.info("rank %d: ranks in sync, max |diff| %g", dist.rank, _max_diff_to_rank0(model))
+        # Tear gloo/NCCL down before interpreter exit: a live process group's threads abort the
+        # process at shutdown ("terminate called without an active exception").
+        tdist.barrier()
+        tdist.destroy_process_group()
     run.close()
     if dist.main:
         log.info("done: %d steps in %.0f s, best val PSNR %.3f dB -> %s", step, elapsed, best_psnr,
