@@ -477,16 +477,17 @@ class _FramePipeline:
 
     def process(self, frames: list[np.ndarray], infos) -> None:
         up, n = self.up, len(frames)
-        stacked = np.stack(frames)
         if self.cuda:
             host = self.uploads.get()
-            host[:n].numpy()[...] = stacked
+            staging = host[:n].numpy()
+            for i, frame in enumerate(frames):  # straight into pinned memory: no intermediate np.stack copy
+                staging[i] = frame
             lr = host[:n].to(up.device, non_blocking=True)
             uploaded = torch.cuda.Event()
             uploaded.record(torch.cuda.current_stream(up.device))
             self.uploads.put(host, uploaded)
         else:
-            lr = torch.from_numpy(stacked)
+            lr = torch.from_numpy(np.stack(frames))
         _, h, w, _ = lr.shape
         out = torch.empty((n, h * up.scale, w * up.scale, 3), dtype=self.out_dtype, device=up.device)
         peak = self.out_peak
@@ -523,8 +524,9 @@ def _split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _to_gray(crop: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(_LUMA, dtype=crop.dtype, device=crop.device)[:, None, None]
-    return (crop * weights).sum(0, keepdim=True)
+    # Python-scalar weights: building a weight tensor here would upload it to the GPU once per tile.
+    r, g, b = _LUMA
+    return (crop[0:1] * r + crop[1:2] * g + crop[2:3] * b)
 
 
 def _to_u8(arr: np.ndarray) -> np.ndarray:
