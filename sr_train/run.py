@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from sr_runtime.archs import build, resolve_hparams
-from sr_runtime.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from sr_runtime.checkpoint import load_checkpoint, save_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError, UnsupportedScaleError
 from sr_runtime.evaluate import min_hr_size, score_image
@@ -34,7 +34,6 @@ from sr_train.data import (
     DEFAULT_TRAIN_PHOTOS,
     DEFAULT_VAL_PHOTOS,
     HRImage,
-    PairedPatches,
     load_default_photos,
     load_hr_folder,
 )
@@ -243,7 +242,7 @@ class RunFiles:
         return cls(path, main=main)
 
     @staticmethod
-    def read_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    def read_config(path: Path) -> TrainConfig:
         cfg_file = path / CONFIG_FILE
         if not (path / STATE_FILE).is_file() or not cfg_file.is_file():
             raise InputError(f"{path}: not a resumable run directory (needs {CONFIG_FILE} and {STATE_FILE})")
@@ -314,10 +313,3 @@ def check_resume_scale(run: Path, cfg: TrainConfig, scale: int | None, model: st
         )
     if model is not None and model != cfg.model.name:
         raise ConfigError(f"{run}: this run trains {cfg.model.name}; --model {model} does not match")
-
-
-def best_metrics_of(path: Path) -> dict[str, Any]:
-    try:
-        return read_metadata(path).get("metrics", {})
-    except CheckpointError:
-        return {}

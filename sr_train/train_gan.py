@@ -12,7 +12,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from sr_runtime.errors import ConfigError

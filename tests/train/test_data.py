@@ -7,7 +7,7 @@ import torch
 
 from sr_runtime.archs import build
 from sr_runtime.errors import InputError
-from sr_runtime.resize import make_lr, upscale_bicubic
+from sr_runtime.resize import make_lr
 from sr_train.data import PairedPatches, load_hr_folder
 
 
