@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.common import REPO_ROOT, atomic_write_text, environment, json_safe, write_json
+from benchmarks.common import REPO_ROOT, environment, json_safe, write_json
+from sr_runtime.atomic import atomic_write_text
 
 __all__ = ["main", "build_parser", "PRESETS", "run_bench"]
 

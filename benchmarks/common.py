@@ -16,13 +16,14 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from sr_runtime.atomic import atomic_write_text
 
 __all__ = [
     "Timing",
@@ -32,7 +33,6 @@ __all__ = [
     "PeakMemory",
     "environment",
     "git_revision",
-    "atomic_write_text",
     "write_json",
     "json_safe",
     "REPO_ROOT",
@@ -343,24 +343,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual mode
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

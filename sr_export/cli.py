@@ -33,10 +33,11 @@ import torch
 
 from sr_export import tensorrt as trt_export
 from sr_export.fp16 import convert_fp16
-from sr_export.manifest import Manifest, current_umask, read_manifest, sha256_file, write_manifest
+from sr_export.manifest import Manifest, read_manifest, sha256_file, write_manifest
 from sr_export.onnx import DEFAULT_OPSET, check_onnx, export_onnx, io_description, set_metadata, slim_onnx
 from sr_export.profile import ShapeProfile, default_profile, format_hw, parse_hw
 from sr_export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
+from sr_runtime.atomic import current_umask
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ConfigError, SRError

@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sr_export.verify import ParityRow
+from sr_runtime.atomic import atomic_write_bytes
 
 __all__ = [
     "MANIFEST_NAME",
@@ -28,8 +27,6 @@ __all__ = [
     "tool_versions",
     "write_manifest",
     "read_manifest",
-    "atomic_write_bytes",
-    "current_umask",
 ]
 
 MANIFEST_NAME = "export.json"
@@ -113,29 +110,6 @@ class Manifest:
             "versions": self.versions,
             "notes": self.notes,
         }
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

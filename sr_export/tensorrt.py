@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from sr_export.manifest import atomic_write_bytes, sha256_file
+from sr_export.manifest import sha256_file
 from sr_export.profile import ShapeProfile, format_hw
+from sr_runtime.atomic import atomic_write_bytes
 from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
 from sr_runtime.spec import IOSpec
 

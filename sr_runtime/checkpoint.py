@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from sr_runtime.archs import build, get_arch
+from sr_runtime.atomic import atomic_write_bytes
 from sr_runtime.errors import CheckpointError, SRError, UnsupportedScaleError
 from sr_runtime.spec import IOSpec
 
@@ -61,23 +61,6 @@ def code_revision() -> str | None:
         return None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -116,7 +99,7 @@ def save_checkpoint(
         meta.update(extra)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True, default=str)})
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 

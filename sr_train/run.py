@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from sr_runtime.archs import build, resolve_hparams
+from sr_runtime.atomic import atomic_write_bytes, atomic_write_text
 from sr_runtime.checkpoint import load_checkpoint, save_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError, UnsupportedScaleError
@@ -210,12 +211,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class RunFiles:
@@ -234,9 +230,7 @@ class RunFiles:
             if (path / STATE_FILE).exists():
                 raise ConfigError(f"{path} already holds a run; use --resume {path} or another run_name")
             path.mkdir(parents=True, exist_ok=True)
-            tmp = path / f".{CONFIG_FILE}.tmp"
-            tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-            os.replace(tmp, path / CONFIG_FILE)
+            atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             with open(path / LOG_FILE, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
         return cls(path, main=main)
@@ -257,10 +251,9 @@ class RunFiles:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
         keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(keep)
+        atomic_write_text(path, text.getvalue())
 
     def log_row(self, **values: Any) -> None:
         if not self.main:
