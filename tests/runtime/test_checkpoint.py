@@ -41,6 +41,20 @@ def test_non_default_hyperparameters_survive(tmp_path):
     assert ckpt.hparams["n_units"] == 2 and ckpt.model.entry.out_channels == 8
 
 
+@pytest.mark.parametrize("name", ["fsrcnn", "espcn"])
+def test_input_mean_survives_and_changes_the_function(tmp_path, name):
+    model, path = _save(tmp_path, name, 3, mean=0.5)
+    ckpt = load_checkpoint(path)
+    assert ckpt.hparams["mean"] == 0.5 and ckpt.model.mean == 0.5
+    x = torch.rand(1, 1, 12, 12)
+    plain = build(name, scale=3)
+    plain.load_state_dict(model.state_dict())  # same tensors, mean 0
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x), model(x), rtol=0, atol=0)
+        # the mean is taken off the input and put back on the output, not folded into any tensor
+        torch.testing.assert_close(model(x), plain.eval()(x - 0.5) + 0.5, rtol=0, atol=1e-6)
+
+
 def test_wrong_scale_is_a_typed_error(tmp_path):
     _, path = _save(tmp_path, scale=2)
     with pytest.raises(UnsupportedScaleError, match=r"x2.*scale 4"):
