@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,3 +307,12 @@ def check_resume_scale(run: Path, cfg: TrainConfig, scale: int | None, model: st
         )
     if model is not None and model != cfg.model.name:
         raise ConfigError(f"{run}: this run trains {cfg.model.name}; --model {model} does not match")
+
+
+def progress_bar(total: int, initial: int, desc: str):
+    """A tqdm bar for the training loops: live on a terminal, one line a minute when stderr is a log file."""
+    from tqdm import tqdm
+
+    live = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=live,
+                mininterval=0.1 if live else 60.0)

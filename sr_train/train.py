@@ -26,6 +26,7 @@ from sr_train.run import (
     load_data,
     make_optimizer,
     make_scheduler,
+    progress_bar,
     resolve_device,
     rng_state,
     seed_everything,
@@ -127,9 +128,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
 
     bar = None
     if progress and dist.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.model.name} x{spec.scale}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(cfg.steps, step, f"{cfg.model.name} x{spec.scale}")
     started = time.monotonic() - elapsed
     val_psnr = math.nan
     while step < cfg.steps:
@@ -158,7 +157,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             run.log_row(step=step, loss=f"{loss_value:.8g}", lr=f"{sched.get_last_lr()[0]:.6g}", seconds=f"{elapsed:.1f}")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}", psnr=f"{val_psnr:.2f}")
+            bar.set_postfix(loss=f"{loss_value:.4g}", psnr=f"{val_psnr:.2f}", refresh=False)
 
         out_of_time = False
         if cfg.time_limit_min > 0 and step % cfg.log_every == 0:  # every rank asks at the same steps

@@ -25,6 +25,7 @@ from sr_train.run import (
     check_val_images,
     load_data,
     make_optimizer,
+    progress_bar,
     resolve_device,
     rng_state,
     seed_everything,
@@ -76,9 +77,7 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
 
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"srgan x{spec.scale}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(cfg.steps, step, f"srgan x{spec.scale}")
     started = time.monotonic() - elapsed
     while step < cfg.steps:
         lr_in, hr = data.sample(step)
@@ -106,7 +105,7 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
             run.log_row(step=step, loss=f"{loss_g.item():.8g}", lr=f"{o.lr:.6g}", seconds=f"{elapsed:.1f}")
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(g=f"{loss_g.item():.4g}", d=f"{loss_d.item():.4g}")
+            bar.set_postfix(g=f"{loss_g.item():.4g}", d=f"{loss_d.item():.4g}", refresh=False)
         last = step == cfg.steps or (cfg.time_limit_min > 0 and elapsed > cfg.time_limit_min * 60)
         if step % cfg.val_every == 0 or last:
             val_psnr, val_ssim = validate(gen, spec, val_images, device)
