@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build by default (installs from local disk here); override for a CUDA build, e.g. TORCH_SPEC='torch>=2.4'.
-TORCH_SPEC ?= torch==2.13.0
+# A matching torch/torchvision pair (spandrel, for community models, imports torchvision): these two
+# install from local disk here in about a minute (CUDA builds that also run on CPU-only machines).
+# Bring your own with e.g. TORCH_SPEC='torch>=2.4 torchvision' and your CUDA index; they must match.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 MODEL ?= fsrcnn
 SCALE ?= 4
 # Training data: the classic 291 set (T91 + BSD200) and Set5 for validation when ../shared/data is present,
@@ -20,7 +22,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
