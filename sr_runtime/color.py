@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["rgb_to_ycbcr", "ycbcr_to_rgb", "rgb_to_y", "image_to_tensor", "tensor_to_image"]
+__all__ = [
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "rgb_to_y",
+    "image_to_tensor",
+    "tensor_to_image",
+    "ycbcr_constants",
+]
 
 # MATLAB rgb2ycbcr on [0, 1] input: offsets and matrix scaled to [0, 1] output.
 _RGB2YCBCR = torch.tensor(
@@ -23,22 +30,44 @@ _OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64) / 255.0
 _YCBCR2RGB = torch.linalg.inv(_RGB2YCBCR)
 
 
+def ycbcr_constants(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Copies of the conversion constants for a module to keep as buffers, so that they move with it
+    (``.to(device)``) and a forward pass reads no host tensor: ``{"rgb2ycbcr": (3, 3), "ycbcr2rgb":
+    (3, 3), "offset": (3,)}``. Pass them back to :func:`rgb_to_ycbcr` / :func:`ycbcr_to_rgb`."""
+    return {
+        "rgb2ycbcr": _RGB2YCBCR.to(dtype),
+        "ycbcr2rgb": _YCBCR2RGB.to(dtype),
+        "offset": _OFFSET.to(dtype),
+    }
+
+
 def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     # (N, 3, H, W) -> (N, 3, H, W), channel mixing as a 1x1 convolution so it exports to ONNX cleanly.
+    # .to() is a no-op when the matrix already has x's dtype and device (buffers of a module).
     weight = matrix.to(dtype=x.dtype, device=x.device)[:, :, None, None]
     return torch.nn.functional.conv2d(x, weight)
 
 
-def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
-    """RGB (N, 3, H, W) in [0, 1] -> YCbCr (N, 3, H, W), Y in [16/255, 235/255], as MATLAB."""
-    offset = _OFFSET.to(dtype=rgb.dtype, device=rgb.device)[None, :, None, None]
-    return _apply(_RGB2YCBCR, rgb) + offset
+def rgb_to_ycbcr(
+    rgb: torch.Tensor, *, matrix: torch.Tensor | None = None, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RGB (N, 3, H, W) in [0, 1] -> YCbCr (N, 3, H, W), Y in [16/255, 235/255], as MATLAB.
+
+    ``matrix``/``offset``: the constants of :func:`ycbcr_constants` already on ``rgb``'s device
+    (module buffers); by default the module-level float64 CPU constants, copied per call.
+    """
+    matrix = _RGB2YCBCR if matrix is None else matrix
+    offset = _OFFSET if offset is None else offset
+    return _apply(matrix, rgb) + offset.to(dtype=rgb.dtype, device=rgb.device)[None, :, None, None]
 
 
-def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_ycbcr` (no clamping)."""
-    offset = _OFFSET.to(dtype=ycbcr.dtype, device=ycbcr.device)[None, :, None, None]
-    return _apply(_YCBCR2RGB, ycbcr - offset)
+def ycbcr_to_rgb(
+    ycbcr: torch.Tensor, *, matrix: torch.Tensor | None = None, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_ycbcr` (no clamping); ``matrix`` is the inverse matrix ("ycbcr2rgb")."""
+    matrix = _YCBCR2RGB if matrix is None else matrix
+    offset = _OFFSET if offset is None else offset
+    return _apply(matrix, ycbcr - offset.to(dtype=ycbcr.dtype, device=ycbcr.device)[None, :, None, None])
 
 
 def rgb_to_y(rgb: torch.Tensor) -> torch.Tensor:

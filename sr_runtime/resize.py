@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["imresize", "upscale_bicubic", "modcrop", "make_lr", "quantize_u8"]
+__all__ = ["imresize", "upscale_bicubic", "bicubic_phase_filters", "modcrop", "make_lr", "quantize_u8"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -119,6 +119,13 @@ def _phase_filters(scale: int) -> torch.Tensor:
 _PHASE_FILTERS = {s: _phase_filters(s) for s in range(2, 9)}
 
 
+def bicubic_phase_filters(scale: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(scale, 5) filters of :func:`upscale_bicubic` for a module to keep as a buffer (it then moves
+    with the module and a forward pass reads no host tensor); pass it back as ``filters=``."""
+    filters = _PHASE_FILTERS.get(scale)
+    return (filters if filters is not None else _phase_filters(scale)).to(dtype)
+
+
 def _pad_symmetric_2(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Pad 2 pixels on both sides of ``dim`` like MATLAB (mirror with the edge repeated).
 
@@ -131,13 +138,15 @@ def _pad_symmetric_2(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([once.narrow(dim, 2, 1), once, once.narrow(dim, m - 3, 1)], dim=dim)
 
 
-def upscale_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+def upscale_bicubic(x: torch.Tensor, scale: int, *, filters: torch.Tensor | None = None) -> torch.Tensor:
     """MATLAB bicubic upscaling by an integer factor, built from ONNX-exportable ops.
 
     ``x``: float tensor (N, C, h, w); returns (N, C, scale*h, scale*w), same dtype and device,
     not clamped. Equals ``imresize(x, scale=scale)`` up to float rounding. Height and width stay
     dynamic under ``torch.onnx.export``: padding is slicing + concatenation, each axis is one
     convolution with ``scale`` fixed 5-tap filters (one per output phase) followed by an interleave.
+    ``filters``: :func:`bicubic_phase_filters` already on ``x``'s device (a module buffer); by default
+    the float64 CPU filters, copied per call.
     """
     if isinstance(scale, bool) or int(scale) != scale or scale < 1:
         raise ValueError(f"upscale_bicubic needs a positive integer scale, got {scale!r}")
@@ -145,10 +154,11 @@ def upscale_bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     if scale == 1:
         return x
     n, c, h, w = x.shape
-    filters = _PHASE_FILTERS.get(scale)
     if filters is None:
-        filters = _phase_filters(scale)
-    weight = filters.to(device=x.device, dtype=x.dtype)  # (scale, 5)
+        filters = _PHASE_FILTERS.get(scale)
+        if filters is None:
+            filters = _phase_filters(scale)
+    weight = filters.to(device=x.device, dtype=x.dtype)  # (scale, 5); a no-op for a buffer on x's device
     planes = x.reshape(-1, 1, h, w)  # (N*C, 1, h, w): channels folded into the batch
     padded = _pad_symmetric_2(planes, 3)
     cols = F.conv2d(padded, weight[:, None, None, :])  # (N*C, scale, h, w): one plane per column phase

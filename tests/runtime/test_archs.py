@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sr_runtime.archs import ARCHS, build, resolve_hparams
 from sr_runtime.deploy import DeployModel
@@ -43,6 +45,38 @@ def test_deploy_wrapper_maps_rgb_to_rgb_at_scale(name, scale):
         out = model(torch.rand(1, 3, h, w))
     assert out.shape == (1, 3, h * scale, w * scale)
     assert out.min() >= 0 and out.max() <= 1
+
+
+class _DeviceRecorder(TorchDispatchMode):
+    """Records the device of every tensor that any aten op reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: set[str] = set()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+                if t.device.type != "meta":
+                    self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_deploy_forward_reads_no_host_tensor_once_moved(name):
+    """Constants (YCbCr matrices, bicubic filters, mean shifts) move with the module: after
+    ``.to(device)`` the forward pass touches tensors on that device only. A host constant copied per
+    call is illegal inside CUDA graph capture; the meta device stands in for CUDA here."""
+    scale = ARCHS[name].scales[0]
+    model = DeployModel(build(name, scale=scale)).eval().to("meta")
+    h, w = _lr_size(model.spec)
+    recorder = _DeviceRecorder()
+    with torch.no_grad(), recorder:
+        out = model(torch.empty(1, 3, h, w, device="meta"))
+    assert out.shape == (1, 3, h * scale, w * scale)
+    assert recorder.devices == {"meta"}, f"ops read host tensors: {sorted(recorder.ops)}"
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
