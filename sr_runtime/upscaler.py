@@ -176,6 +176,7 @@ class Upscaler:
                 f"[{limits.min_batch}, {limits.max_batch}]"
             )
         self.batch = batch
+        self._fixed_tile: int | tuple[int, int] | None = None
         self._lock = threading.Lock()
         log.info(
             "upscaler: x%d, %s, tile %s, overlap %d px, batch %d",
@@ -189,10 +190,30 @@ class Upscaler:
     # --- internals -------------------------------------------------------------------------------
 
     def _tile_for(self, height: int, width: int, frames: int = 1) -> tuple[int | tuple[int, int] | None, bool]:
-        """(tile, exact) for an image of ``height`` x ``width``: what the user set, or from free memory."""
+        """(tile, exact) for an image of ``height`` x ``width``: what the user set, or from free memory.
+
+        A backend with ``fixed_shape`` (torch.compile, CUDA graphs) gets one tile shape for the
+        Upscaler's lifetime, chosen on the first image, with smaller images and edge tiles padded up
+        to it (``exact``): a new shape would cost a recompile or a capture.
+        """
         limits = self.backend.limits
         if limits.static_hw:
             return limits.max_hw, True
+        if self.backend.fixed_shape and self.tile != 0:
+            if self._fixed_tile is None:
+                tile, _ = self._free_tile(height, width, whole_image_ok=False)
+                if self.tile is None and isinstance(tile, int):  # no bigger than the first image needs
+                    m = self.spec.multiple_of
+                    tile = max(min(tile, -(-max(height, width) // m) * m), -(-self._min_size() // m) * m)
+                self._fixed_tile = tile
+                log.info("one tile shape for %s: %s px", self.backend.describe(), tile)
+            return self._fixed_tile, True
+        return self._free_tile(height, width)
+
+    def _free_tile(
+        self, height: int, width: int, *, whole_image_ok: bool = True
+    ) -> tuple[int | tuple[int, int] | None, bool]:
+        limits = self.backend.limits
         if self.tile == 0:
             return None, False
         if self.tile is not None:
@@ -214,7 +235,7 @@ class Upscaler:
                 overlap=self.overlap,
                 max_tile=cap,
             )
-            if height * width <= tile * tile and limits.max_hw is None:
+            if whole_image_ok and height * width <= tile * tile and limits.max_hw is None:
                 return None, False  # the whole image fits the budget: no seams, no overlap work
         if limits.max_hw is not None:
             return (min(tile, limits.max_hw[0]), min(tile, limits.max_hw[1])), False

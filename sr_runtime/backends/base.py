@@ -59,6 +59,7 @@ class Backend(abc.ABC):
         input_dtype: torch.dtype,
         limits: ShapeLimits | None = None,
         fixed_batch: bool = False,
+        fixed_shape: bool = False,
         source: str = "",
     ) -> None:
         if precision not in PRECISIONS:
@@ -70,6 +71,9 @@ class Backend(abc.ABC):
         self.limits = limits or ShapeLimits()
         self.fixed_batch = fixed_batch
         """True when every call should get the same batch size (compiled graphs, static engines)."""
+        self.fixed_shape = fixed_shape
+        """True when every call should get the same tile height and width too: each new shape costs
+        a recompile (torch.compile) or a capture (CUDA graphs), so the caller pads to one tile shape."""
         self.source = source
         """What was loaded, for logs: a checkpoint, an ONNX file, an engine."""
         self._closed = False

@@ -38,8 +38,10 @@ class _CUDAGraphRunner:
                 self.model(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Capture on the side stream that warmed up (same allocator pool), not on a fresh one.
+        with torch.cuda.graph(graph, stream=side):
             static_out = self.model(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
         return graph, static_in, static_out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +51,12 @@ class _CUDAGraphRunner:
             if len(self.graphs) >= _MAX_GRAPHS:
                 self.graphs.pop(next(iter(self.graphs)))
             log.info("capturing a CUDA graph for input %s", tuple(x.shape))
-            entry = self.graphs[key] = self._capture(x)
+            with torch.cuda.device(self.device):  # cuda:1 captures on cuda:1, whatever the current device
+                entry = self.graphs[key] = self._capture(x)
         graph, static_in, static_out = entry
         static_in.copy_(x)
-        graph.replay()
+        with torch.cuda.device(self.device):
+            graph.replay()
         return static_out.clone()
 
 
@@ -61,9 +65,10 @@ class TorchBackend(Backend):
 
     ``model``: a DeployModel, or a network with ``io_spec`` (wrapped here). ``device``: ``cpu`` or
     ``cuda[:N]``. ``precision``: ``fp32``, or ``fp16`` (CUDA only). ``channels_last``: NHWC memory
-    format (default: on CUDA). ``compile``: ``torch.compile`` the model (one graph per tile shape).
+    format (default: on CUDA). ``compile``: ``torch.compile`` the model (one graph per input shape).
     ``cuda_graphs``: capture and replay CUDA graphs per input shape (CUDA only); both make
-    ``fixed_batch`` true so the tiler keeps one shape. Raises BackendUnavailableError for a device
+    ``fixed_shape`` (and ``fixed_batch``) true, so the Upscaler feeds one padded tile shape and
+    nothing recompiles or recaptures per image size. Raises BackendUnavailableError for a device
     or precision that is not available.
     """
 
@@ -96,6 +101,7 @@ class TorchBackend(Backend):
             precision=precision,
             input_dtype=dtype,
             fixed_batch=compile or cuda_graphs,
+            fixed_shape=compile or cuda_graphs,
             source=source,
         )
         self.channels_last = dev.type == "cuda" if channels_last is None else channels_last

@@ -137,3 +137,33 @@ def test_exif_orientation_is_applied_before_upscaling(tmp_path, up, small_rgb_u8
     Image.fromarray(small_rgb_u8).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
     out = read_image(up.upscale_file(tmp_path / "rot.jpg", tmp_path / "rot_x2.jpg"))
     assert out.pixels.shape == (106, 74, 3)
+
+
+@pytest.mark.parametrize("tile", [None, 24])
+def test_compiled_backend_sees_one_tile_shape_for_every_image_size(monkeypatch, tile):
+    """torch.compile (dynamic=False) recompiles for every new input shape and falls back to eager at
+    the recompile limit; the Upscaler must feed one padded tile shape: edge tiles, small images and
+    other image sizes included. torch.compile itself is replaced by a shape recorder here."""
+    shapes: list[tuple[int, ...]] = []
+
+    def fake_compile(model, **kwargs):
+        def forward(x):
+            shapes.append(tuple(x.shape))
+            return model(x)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    rng = np.random.default_rng(0)
+    with Upscaler("fsrcnn", scale=2, device="cpu", backend="torch", compile=True, tile=tile) as up, \
+            Upscaler("fsrcnn", scale=2, device="cpu", backend="torch", tile=0) as eager:
+        for h, w in [(37, 53), (20, 17), (61, 40)]:
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            out = up.upscale(img)
+            assert out.shape == (2 * h, 2 * w, 3)
+            # Away from the image border (where padding replaces the network's zero padding), the
+            # padded tiles give the whole-image result.
+            ref = eager.upscale(img)
+            inner = (slice(16, -16), slice(16, -16))
+            assert np.abs(out[inner].astype(int) - ref[inner]).max() <= 1
+    assert len(shapes) >= 3 and len(set(shapes)) == 1, f"input shapes seen: {sorted(set(shapes))}"
