@@ -1,4 +1,7 @@
-"""A tiny real sr-bench run (fsrcnn, random weights, tiny sizes, 2 runs, no data) and its output schema."""
+"""A tiny real sr-bench run (fsrcnn, shipped weights, tiny sizes, 2 runs, no data) and its output schema.
+
+Shipped, not random, weights: a fresh FSRCNN outputs almost nothing, so a broken backend returning
+zeros would score 60+ dB of "parity" against it."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ REQUIRED = (
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     rc = main([
-        "--models", "fsrcnn", "--scales", "2", "--random-weights",
+        "--models", "fsrcnn", "--scales", "2",
         "--sizes", "16x16,24x32", "--batch", "1,2", "--runs", "2", "--warmup", "0",
         "--backends", "torch,onnxruntime", "--precisions", "fp32",
         "--parity-size", "16x24", "--parity-images", "1",
@@ -59,7 +62,7 @@ def test_results_follow_the_schema(tiny_run):
         assert set(row) == set(LATENCY_FIELDS)
         for key in REQUIRED:
             assert key in row
-        assert row["model"] == "fsrcnn" and row["scale"] == 2 and row["weights"] == "random"
+        assert row["model"] == "fsrcnn" and row["scale"] == 2 and row["weights"] == "shipped"
         assert row["output_h"] == 2 * row["input_h"] and row["output_w"] == 2 * row["input_w"]
         assert row["runs"] == 2 and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert math.isclose(row["fps"], row["batch"] * 1000 / row["p50_ms"])
@@ -76,6 +79,22 @@ def test_results_follow_the_schema(tiny_run):
     assert ort["psnr_db"] is None or ort["psnr_db"] > 80  # None: bit-identical
 
 
+def test_parity_reference_is_far_from_broken_forms(signal, photo_rgb_u8):
+    """The benchmarked model's output on a photo is far from zeros, bicubic and a zero network, so
+    the parity rows above could not pass for a backend that returned one of those."""
+    import numpy as np
+    import torch
+
+    from sr_runtime.color import image_to_tensor
+    from sr_runtime.deploy import DeployModel
+
+    net = signal.net("fsrcnn", 2)
+    lr = image_to_tensor(np.ascontiguousarray(photo_rgb_u8[180:244, 200:264]))
+    with torch.no_grad():
+        ref = DeployModel(net).eval()(lr)
+    signal.informative(ref, lr, net.io_spec, threshold_db=80)
+
+
 def test_environment_names_machine_versions_and_commit(tiny_run):
     env = _strict_json(tiny_run / "results.json")["environment"]
     assert env["cpu_model"] and env["cpu_count"] >= 1
@@ -84,11 +103,21 @@ def test_environment_names_machine_versions_and_commit(tiny_run):
         assert key in env  # None where absent, but always recorded
 
 
-def test_random_weights_are_marked_and_get_no_quality(tiny_run):
-    data = _strict_json(tiny_run / "results.json")
+def test_random_weights_are_marked_and_get_no_quality(tmp_path):
+    rc = main([
+        "--models", "fsrcnn", "--scales", "2", "--random-weights", "--sizes", "16x16", "--batch", "1",
+        "--runs", "1", "--warmup", "0", "--backends", "torch", "--precisions", "fp32", "--parity-size", "16x16",
+        "--parity-images", "1", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path),
+    ])
+    assert rc == 0
+    data = _strict_json(tmp_path / "results.json")
     assert data["models"][0]["weights"] == "random"
-    assert "random weights" in (tiny_run / "report.md").read_text()
-    assert data["quality"] == []
+    assert "random weights" in (tmp_path / "report.md").read_text()
+    assert data["quality"] and not [q for q in data["quality"] if q["model"] == "fsrcnn"]  # no quality for random weights
+
+
+def test_shipped_weights_are_marked(tiny_run):
+    assert _strict_json(tiny_run / "results.json")["models"][0]["weights"] == "shipped"
 
 
 def test_validate_rejects_a_row_without_percentiles(tiny_run):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+import torch
+from skimage import data
 
 from sr_export import cli
 from sr_export import tensorrt as trt_export
@@ -15,6 +18,7 @@ from sr_export.onnx import read_metadata
 from sr_export.verify import TOLERANCES, Tolerance
 from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
+from sr_runtime.deploy import DeployModel
 
 needs_no_tensorrt = pytest.mark.skipif(trt_export.tensorrt_available(), reason="TensorRT is installed here")
 
@@ -25,13 +29,24 @@ def _checkpoint(path: Path, arch: str, scale: int, **hparams) -> Path:
     return save_checkpoint(path, model, arch=arch, scale=scale, hparams=resolved)
 
 
+def _signal_checkpoint(path: Path, arch: str, scale: int, signal, **hparams) -> Path:
+    """A checkpoint whose output is far from zeros and bicubic (a fresh FSRCNN outputs ~0, so any
+    broken export would pass parity against it): shipped weights, else calibrated ones."""
+    resolved = resolve_hparams(arch, scale=scale, **hparams)
+    model = signal.net(arch, scale) if not hparams else signal.calibrate(build(arch, scale=scale, **resolved).eval())
+    lr = torch.from_numpy(np.ascontiguousarray(data.astronaut()[180:244, 200:264])).permute(2, 0, 1)[None] / 255.0
+    with torch.no_grad():
+        signal.informative(DeployModel(model).eval()(lr.float()), lr.float(), model.io_spec, threshold_db=60)
+    return save_checkpoint(path, model, arch=arch, scale=scale, hparams=resolved)
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, signal):
     """An empty working directory with a tiny FSRCNN x4 and EDSR x4 training run."""
     monkeypatch.chdir(tmp_path)
-    _checkpoint(tmp_path / "runs" / "fsrcnn_x4_20240101-000000" / "best.safetensors", "fsrcnn", 4)
-    _checkpoint(tmp_path / "runs" / "edsr_x4_20240101-000000" / "best.safetensors", "edsr", 4, n_resblocks=2,
-                n_feats=16)
+    _signal_checkpoint(tmp_path / "runs" / "fsrcnn_x4_20240101-000000" / "best.safetensors", "fsrcnn", 4, signal)
+    _signal_checkpoint(tmp_path / "runs" / "edsr_x4_20240101-000000" / "best.safetensors", "edsr", 4, signal,
+                       n_resblocks=2, n_feats=16)
     return tmp_path
 
 

@@ -23,8 +23,8 @@ from sr_runtime.spec import IOSpec
 
 PARITY_ARCHS = ("fsrcnn", "srcnn", "edsr")
 """One of each contract: Y with transposed conv, Y with bicubic pre-upsampling, RGB sub-pixel."""
-TOLERANCE_DB = {"fp32": 50.0, "fp16": 35.0}
-"""Minimum PSNR against torch FP32, per precision."""
+TOLERANCE_DB = {"fp32": 50.0, "fp16": 45.0}
+"""Minimum PSNR against torch FP32, per precision (45 dB: the gate for reduced precision)."""
 
 
 def rgb_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -32,8 +32,8 @@ def rgb_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def make_checkpoint(path, name: str, scale: int = 2):
-    net = build(name, scale=scale)
+def make_checkpoint(path, name: str, scale: int = 2, net=None):
+    net = build(name, scale=scale) if net is None else net
     return save_checkpoint(path, net, arch=name, scale=scale, hparams=resolve_hparams(name, scale=scale))
 
 
@@ -62,9 +62,10 @@ def export_onnx(ckpt_path, onnx_path, *, with_spec: bool = True):
 
 
 @pytest.fixture(scope="module")
-def fsrcnn_files(tmp_path_factory):
+def fsrcnn_files(tmp_path_factory, signal):
     root = tmp_path_factory.mktemp("backends")
-    ckpt = make_checkpoint(root / "fsrcnn_x2.safetensors", "fsrcnn")
+    # The shipped weights: a fresh FSRCNN outputs ~0, so a form returning zeros would pass parity.
+    ckpt = make_checkpoint(root / "fsrcnn_x2.safetensors", "fsrcnn", net=signal.net("fsrcnn", 2))
     return ckpt, export_onnx(ckpt, root / "fsrcnn_x2.onnx")
 
 
@@ -165,13 +166,14 @@ def test_onnx_precision_must_match(fsrcnn_files):
 
 
 @pytest.mark.parametrize("name", PARITY_ARCHS)
-def test_onnxruntime_cpu_matches_torch_fp32_on_a_photo(tmp_path, name, photo_crop):
-    ckpt = make_checkpoint(tmp_path / f"{name}.safetensors", name)
+def test_onnxruntime_cpu_matches_torch_fp32_on_a_photo(tmp_path, name, photo_crop, signal):
+    ckpt = make_checkpoint(tmp_path / f"{name}.safetensors", name, net=signal.net(name, 2))
     onnx_path = export_onnx(ckpt, tmp_path / f"{name}.onnx")
     with create_backend(ckpt, device="cpu") as ref, create_backend(onnx_path, provider="cpu") as ort:
         assert ort.describe().startswith("onnxruntime on cpu at fp32")
         with torch.inference_mode():
             expected = ref.run(photo_crop)
+        signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB["fp32"])
         got = ort.run(photo_crop)
     db = rgb_psnr(got, expected)
     print(f"{name}: onnxruntime CPU vs torch FP32: {db:.1f} dB")
@@ -284,24 +286,26 @@ def test_missing_or_broken_sidecar_is_a_mismatch(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}, {"compile": True}])
-def test_torch_cuda_matches_cpu_fp32(fsrcnn_files, photo_crop, precision, options):
+def test_torch_cuda_matches_cpu_fp32(fsrcnn_files, photo_crop, precision, options, signal):
     with create_backend(fsrcnn_files[0], device="cpu") as ref:
         with torch.inference_mode():
             expected = ref.run(photo_crop)
+    signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB[precision])
     with create_backend(fsrcnn_files[0], device="cuda", precision=precision, **options) as gpu:
         x = photo_crop.to("cuda", gpu.input_dtype)
-        for _ in range(2):  # the second call replays the captured graph
-            got = gpu.run(x).float().cpu()
+        gpu.run(torch.flip(x, dims=[-1]))  # the first call compiles or captures, on another image
+        got = gpu.run(x).float().cpu()  # a replay must compute on its own input, not the captured one
     assert rgb_psnr(got, expected) >= TOLERANCE_DB[precision]
 
 
 @pytest.mark.gpu
-def test_onnxruntime_cuda_iobinding_matches_torch(fsrcnn_files, photo_crop):
+def test_onnxruntime_cuda_iobinding_matches_torch(fsrcnn_files, photo_crop, signal):
     if "cuda" not in available_backends()["onnxruntime"]:
         pytest.skip("needs onnxruntime-gpu with CUDAExecutionProvider")
     with create_backend(fsrcnn_files[0], device="cpu") as ref:
         with torch.inference_mode():
             expected = ref.run(photo_crop)
+    signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB["fp32"])
     with create_backend(fsrcnn_files[1], provider="cuda") as ort:
         got = ort.run(photo_crop.cuda())
         assert got.is_cuda

@@ -67,27 +67,68 @@ def test_padded_tiles_run_and_crop_back():
     torch.testing.assert_close(out, lr.repeat_interleave(2, -1).repeat_interleave(2, -2))
 
 
-def _tiny_spec_model(name: str) -> tuple[torch.nn.Module, IOSpec]:
-    net = build(name, scale=2).eval()
-    return DeployModel(net).eval(), net.io_spec
+SMALL_HPARAMS = {
+    "vdsr": {"depth": 8, "n_feats": 16},
+    "edsr": {"n_resblocks": 3, "n_feats": 16},
+    "edsr-large": {"n_resblocks": 3, "n_feats": 32},
+    "red30": {"n_layers": 5, "n_feats": 16},
+    "drrn": {"n_units": 3, "n_feats": 16},
+    "srresnet": {"n_blocks": 3, "n_feats": 16},
+    "srgan": {"n_blocks": 3, "n_feats": 16},
+}
+"""Fewer blocks for the deep networks, to keep CI fast: the receptive radius is a formula of these
+hyperparameters, and that formula is what the tests below check."""
+
+
+def _signal_model(name: str, signal) -> tuple[torch.nn.Module, IOSpec]:
+    """A float64 DeployModel with weights that carry a signal (shipped, else calibrated): a fresh
+    FSRCNN outputs ~0 and hides any seam."""
+    scale = ARCHS[name].scales[0]
+    hparams = SMALL_HPARAMS.get(name)
+    net = signal.calibrate(build(name, scale=scale, **hparams).eval()) if hparams else signal.net(name, scale)
+    return DeployModel(net).eval().double(), net.io_spec
+
+
+def _grid_3x3(spec: IOSpec, overlap: int) -> tuple[int, int, int]:
+    """(tile, height, width): a 3x3 grid (3x4 across) whose neighbours share exactly ``2 * overlap``
+    pixels, the least the plan allows, so every kept pixel has exactly ``overlap`` of context."""
+    m = spec.multiple_of
+    tile = -(-max(2 * overlap + 8, spec.min_size) // m) * m
+    step = (tile - 2 * overlap) // m * m
+    return tile, tile + 2 * step, tile + 3 * step
+
+
+def _tiled_vs_whole(model, spec, overlap: int) -> float:
+    tile, h, w = _grid_3x3(spec, overlap)
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple_of=spec.multiple_of, min_size=spec.min_size)
+    assert (len(plan.ys), len(plan.xs)) == (3, 4)
+    lr = torch.rand(1, 3, h, w, dtype=torch.float64)
+    with torch.inference_mode():
+        whole = model(lr)
+        tiled = upscale_tiled(lr, model, scale=spec.scale, tile=tile, overlap=overlap, multiple_of=spec.multiple_of,
+                              min_size=spec.min_size, batch=3)
+    assert whole.std() > 0.05, "the reference output carries no signal"
+    return (whole - tiled).abs().max().item()
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_tiled_output_equals_whole_image_output(name):
-    """Random weights, CPU, several small tiles: tiled and whole-image output agree within one 8-bit level."""
-    model, spec = _tiny_spec_model(name)
-    overlap = default_overlap(spec)
-    tile = 2 * overlap + 8  # steps of 8 px: many tiles on a small image
-    h, w = tile + 13, tile + 21
-    lr = torch.rand(1, 3, h, w)
-    with torch.inference_mode():
-        whole = model(lr)
-        tiled = upscale_tiled(lr, model, scale=2, tile=tile, overlap=overlap, multiple_of=spec.multiple_of,
-                              min_size=spec.min_size, batch=3)
-    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple_of=spec.multiple_of, min_size=spec.min_size)
-    assert plan.tiles_per_image >= 4
-    levels = ((whole * 255).round() - (tiled * 255).round()).abs().max().item()
-    assert levels <= 1, f"{name}: tiled differs from whole-image output by {levels} 8-bit levels"
+def test_tiled_output_equals_whole_image_output(name, signal):
+    """Float64, a 3x3 grid at minimal overlap: with the default overlap (the declared receptive
+    radius) tiled and whole-image output are equal to float rounding."""
+    model, spec = _signal_model(name, signal)
+    diff = _tiled_vs_whole(model, spec, default_overlap(spec))
+    assert diff < 1e-10, f"{name}: tiled differs from whole-image output by {diff:.3g}"
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHS])
+def test_tiling_with_less_than_the_receptive_radius_shows_seams(name, signal):
+    """The mutation of the test above: with half the declared radius as overlap, tiles lack context
+    and the output differs, so an understated radius (or an overlap ignored by the plan) fails."""
+    model, spec = _signal_model(name, signal)
+    if spec.receptive_radius <= 1:
+        pytest.skip(f"{name}: receptive radius {spec.receptive_radius}, nothing to halve")
+    diff = _tiled_vs_whole(model, spec, spec.receptive_radius // 2)
+    assert diff > 1e-9, f"{name}: tiles with overlap {spec.receptive_radius // 2} still match ({diff:.3g})"
 
 
 def test_fixed_batch_repeats_the_last_tile():
