@@ -4,7 +4,9 @@ damaged packets skipped. Tiny synthetic clips made with PyAV."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.errors import VideoError
 from sr_runtime.resize import upscale_bicubic
 from sr_runtime.upscaler import Upscaler
-from sr_runtime.video import VideoReader, check_encoder, probe_video
+from sr_runtime.video import VideoReader, VideoWriter, check_encoder, probe_video
 
 VFR_PTS = [0, 40, 80, 200, 240, 300, 333, 400, 440, 480]
 """Milliseconds: irregular on purpose (variable frame rate)."""
@@ -284,6 +286,45 @@ def test_interrupt_or_crash_leaves_no_file(tmp_path, up2, error):
     with pytest.raises(error):
         up2.upscale_video(src, dst, preset="ultrafast", progress=progress)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("failure", ["crash", "disk full", "rename"])
+def test_failure_keeps_an_existing_output_untouched(tmp_path, up2, monkeypatch, failure):
+    src = make_video(tmp_path / "in.mkv")
+    dst = tmp_path / "out.mkv"
+    dst.write_bytes(b"the previous output")
+    expected: type[BaseException] = RuntimeError
+    progress = None
+
+    def crash(done, total):
+        if done >= 3:
+            raise RuntimeError("stop")
+
+    if failure == "crash":  # in the caller, part-way
+        progress = crash
+    elif failure == "disk full":  # in the encode thread, after a few frames
+        encode, calls = VideoWriter._encode, []
+
+        def full_disk(self, rgb, info):
+            calls.append(info.index)
+            if len(calls) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            encode(self, rgb, info)
+
+        monkeypatch.setattr(VideoWriter, "_encode", full_disk)
+        expected = VideoError
+    else:  # the final rename
+
+        def fail(*args):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(os, "replace", fail)
+        expected = PermissionError
+    with pytest.raises(expected, match="stop|No space left|Permission denied"):
+        up2.upscale_video(src, dst, preset="ultrafast", progress=progress)
+    monkeypatch.undo()
+    assert dst.read_bytes() == b"the previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "out.mkv"], "no partial file is left"
 
 
 def test_damaged_packet_is_reported_and_skipped(tmp_path, up2, caplog):
