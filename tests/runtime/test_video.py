@@ -1,9 +1,12 @@
-"""Video: frame count, timestamps (VFR too), copied audio, colour metadata, 10-bit, odd sizes, encoder
-checks, nothing half-written on failure, damaged packets skipped. Tiny synthetic clips made with PyAV."""
+"""Video: each output frame is its own input frame upscaled, timestamps (VFR too), copied audio (bytes and
+timestamps), colour metadata, 10-bit values, odd sizes, encoder checks, nothing half-written on failure,
+damaged packets skipped. Tiny synthetic clips made with PyAV."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,26 +18,32 @@ import torch
 from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.errors import VideoError
+from sr_runtime.resize import upscale_bicubic
 from sr_runtime.upscaler import Upscaler
-from sr_runtime.video import VideoReader, check_encoder, probe_video
+from sr_runtime.video import VideoReader, VideoWriter, check_encoder, probe_video
 
 VFR_PTS = [0, 40, 80, 200, 240, 300, 333, 400, 440, 480]
 """Milliseconds: irregular on purpose (variable frame rate)."""
 
 
 def make_video(path: Path, *, width=32, height=24, pts=VFR_PTS, codec="libx264", pix_fmt="yuv420p",
-               audio=True, color=None) -> Path:
+               audio=True, color=None, content=None, options=None) -> Path:
+    """``content(i)``: frame i as HWC uint8 (rgb24) or uint16 (rgb48le); default random noise.
+    ``options``: encoder options (``{"qp": "0"}`` makes libx264 lossless)."""
     rng = np.random.default_rng(0)
     tb = Fraction(1, 1000)
     with av.open(str(path), "w") as out:
         v = out.add_stream(codec, rate=25)
         v.width, v.height, v.pix_fmt = width, height, pix_fmt
         v.time_base = v.codec_context.time_base = tb
+        if options:
+            v.options = options
         for key, value in (color or {}).items():
             setattr(v.codec_context, key, value)
         a = out.add_stream("aac", rate=8000, layout="mono") if audio else None
-        for p in pts:
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
+        for i, p in enumerate(pts):
+            rgb = content(i) if content else rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
             kwargs = {"dst_colorspace": color["colorspace"], "dst_color_range": color["color_range"]} if color else {}
             frame = frame.reformat(format=pix_fmt, **kwargs)
             frame.pts, frame.time_base = p, tb
@@ -55,6 +64,55 @@ def make_video(path: Path, *, width=32, height=24, pts=VFR_PTS, codec="libx264",
     return path
 
 
+CODE_BITS = 4
+"""Frame i shows the number i + 1 (never 0, so a black frame reads as no frame) in CODE_BITS blocks."""
+
+
+def coded_frame(i: int, *, width=32, height=24, dtype=np.uint8) -> np.ndarray:
+    """Frame ``i`` of a test clip: the top half is i + 1 in binary, one white (1) or black (0) block per
+    bit, most significant on the left; the bottom half is frame-specific (noise for uint8, a grey ramp
+    with more than 256 levels, shifted by ``i``, for uint16)."""
+    peak = np.iinfo(dtype).max
+    rgb = np.zeros((height, width, 3), dtype)
+    block = width // CODE_BITS
+    for bit in range(CODE_BITS):
+        if (i + 1) >> (CODE_BITS - 1 - bit) & 1:
+            rgb[: height // 2, bit * block : (bit + 1) * block] = peak
+    rows = height - height // 2
+    if dtype == np.uint8:
+        rgb[height // 2 :] = np.random.default_rng(100 + i).integers(0, 256, (rows, width, 3), dtype=np.uint8)
+    else:
+        ramp = np.roll(np.linspace(0, peak, rows * width), 7 * i).reshape(rows, width)
+        rgb[height // 2 :] = np.round(ramp).astype(dtype)[:, :, None]
+    return rgb
+
+
+def read_code(rgb: np.ndarray) -> int:
+    """The number :func:`coded_frame` drew into ``rgb`` (any size): the mean of each block's centre."""
+    height, width = rgb.shape[:2]
+    half = rgb[: height // 2].astype(np.float64) / np.iinfo(rgb.dtype).max
+    block, rows = width // CODE_BITS, slice(height // 8, 3 * height // 8)
+    value = 0
+    for bit in range(CODE_BITS):
+        centre = half[rows, bit * block + block // 4 : (bit + 1) * block - block // 4]
+        value = 2 * value + int(centre.mean() > 0.5)
+    return value
+
+
+def decode_rgb(path: Path, fmt: str = "rgb24") -> list[np.ndarray]:
+    """Every frame of ``path`` in presentation order, as HWC rgb24 (uint8) or rgb48le (uint16)."""
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format=fmt) for f in c.decode(c.streams.video[0])]
+
+
+def bicubic_hwc(lr_hwc: np.ndarray, scale: int) -> np.ndarray:
+    """What a bicubic upscaler outputs for ``lr_hwc`` (uint8 or uint16 HWC), in the same dtype."""
+    peak = np.iinfo(lr_hwc.dtype).max
+    lr = torch.from_numpy(lr_hwc.astype(np.float64) / peak).permute(2, 0, 1)[None]
+    sr = upscale_bicubic(lr, scale).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    return np.round(sr * peak).astype(lr_hwc.dtype)
+
+
 def describe(path: Path) -> dict:
     """Frame pts (seconds), audio packet bytes, colour tags; decodes every frame (raises on errors)."""
     with av.open(str(path)) as c:
@@ -69,7 +127,9 @@ def describe(path: Path) -> dict:
         info["pts"] = [float(f.pts * f.time_base) for f in c.decode(v)]
     with av.open(str(path)) as c:
         audio = c.streams.audio
-        info["audio"] = [bytes(p) for p in c.demux(*audio) if p.size] if audio else []
+        packets = [p for p in c.demux(*audio) if p.size] if audio else []
+        info["audio"] = [bytes(p) for p in packets]
+        info["audio_timing"] = [(p.pts, p.dts, p.duration, p.time_base) for p in packets]
         info["audio_codec"] = [s.codec_context.name for s in audio]
     return info
 
@@ -90,20 +150,68 @@ def up2(ckpts):
         yield up
 
 
-@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
-def test_frames_timestamps_and_audio_survive(tmp_path, up2, suffix):
-    src = make_video(tmp_path / f"in{suffix}")
+@pytest.fixture(scope="module")
+def bicubic_x2(tmp_path_factory):
+    """A x2 checkpoint whose output is the bicubic upscale of its input, so every output frame can be
+    predicted: VDSR adds its residual to the bicubic upscale, and its last convolution is zeroed."""
+    hparams = resolve_hparams("vdsr", scale=2, depth=3, n_feats=4)
+    net = build("vdsr", scale=2, **hparams)
+    torch.nn.init.zeros_(net.body[-1].weight)
+    path = tmp_path_factory.mktemp("video_bicubic") / "bicubic_x2.safetensors"
+    return save_checkpoint(path, net, arch="vdsr", scale=2, hparams=hparams)
+
+
+ON_CUDA = pytest.param("cuda", marks=pytest.mark.gpu, id="cuda")
+"""The CUDA frame pipeline (pinned buffers, device-side quantisation): the same checks, on the GPU."""
+
+
+@pytest.mark.parametrize(
+    "suffix, device", [(".mp4", "cpu"), (".mkv", "cpu"), pytest.param(".mkv", "cuda", marks=pytest.mark.gpu)]
+)
+def test_frames_content_timestamps_and_audio_survive(tmp_path, bicubic_x2, suffix, device):
+    # Lossless 4:4:4 in and out (qp 0, crf 0): what is left is the RGB <-> YCbCr rounding, a few levels.
+    src = make_video(tmp_path / f"in{suffix}", pix_fmt="yuv444p", options={"qp": "0"}, content=coded_frame)
     dst = tmp_path / f"out{suffix}"
     calls = []
-    result = up2.upscale_video(src, dst, preset="ultrafast", progress=lambda d, t: calls.append(d))
+    # Tile 16 on 32x24 frames: several tiles per frame; batch 3: frames 10 = 3 + 3 + 3 + 1.
+    with Upscaler(bicubic_x2, device=device, batch=3, tile=16) as up:
+        result = up.upscale_video(src, dst, crf=0, pix_fmt="yuv444p", preset="ultrafast",
+                                  progress=lambda d, t: calls.append(d))
+    lr_frames, sr_frames = decode_rgb(src), decode_rgb(dst)
+    numbers = list(range(1, len(VFR_PTS) + 1))
+    assert [read_code(f) for f in lr_frames] == numbers, "the test clip shows frame i as i + 1"
+    assert [read_code(f) for f in sr_frames] == numbers, "output frame i shows input frame i"
+    for i, (lr, sr) in enumerate(zip(lr_frames, sr_frames)):
+        err = np.abs(sr.astype(int) - bicubic_hwc(lr, 2).astype(int)).max()
+        assert err <= 4, f"output frame {i} is not input frame {i} upscaled: off by up to {err} levels"
     a, b = describe(src), describe(dst)
     assert result.frames == len(VFR_PTS) == len(b["pts"])
     assert b["pts"] == a["pts"], "every output frame keeps its input timestamp"
     assert b["size"] == (64, 48)
     assert b["audio_codec"] == a["audio_codec"] == ["aac"]
     assert b["audio"] == a["audio"] and len(a["audio"]) > 0, "audio packets are copied byte for byte"
+    assert b["audio_timing"] == a["audio_timing"], "audio packets keep their pts, dts, duration and time base"
     assert calls[-1] == len(VFR_PTS)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+def test_ten_bit_output_holds_ten_bit_values(tmp_path, bicubic_x2, device):
+    # FFV1 is lossless at 10 bits (libx264 at crf 0 is not): encoder noise would add grey levels.
+    src = make_video(tmp_path / "in10.mkv", codec="ffv1", pix_fmt="yuv444p10le", audio=False,
+                     pts=VFR_PTS[:4], content=lambda i: coded_frame(i, dtype=np.uint16))
+    dst = tmp_path / "out10.mkv"
+    with Upscaler(bicubic_x2, device=device, batch=2, tile=12) as up:  # uint16 frames cut into tiles
+        up.upscale_video(src, dst, codec="ffv1", crf=None, pix_fmt="yuv444p10le")
+    assert describe(dst)["pix_fmt"] == "yuv444p10le"
+    lr_frames, sr_frames = decode_rgb(src, "rgb48le"), decode_rgb(dst, "rgb48le")
+    assert [read_code(f) for f in sr_frames] == [read_code(f) for f in lr_frames] == [1, 2, 3, 4]
+    for i, (lr, sr) in enumerate(zip(lr_frames, sr_frames)):
+        ramp = sr[sr.shape[0] // 2 + 4 :, :, 1]  # the grey ramp, clear of the code blocks' bicubic ringing
+        levels = len(np.unique(ramp))
+        assert levels > 256, f"output frame {i}: {levels} grey levels on a 10-bit ramp, so 8-bit values were encoded"
+        err = np.abs(sr.astype(int) - bicubic_hwc(lr, 2).astype(int)).max() / 64  # in 10-bit steps
+        assert err <= 3, f"output frame {i} is not input frame {i} upscaled: off by up to {err:.1f} 10-bit steps"
 
 
 def test_ten_bit_full_range_bt709_is_kept(tmp_path, up2):
@@ -131,17 +239,39 @@ def test_odd_output_size_is_cropped_by_one_pixel(tmp_path, ckpts, caplog):
     assert "cropping the 45x33 output to 44x32" in caplog.text
 
 
+def test_unknown_encoder_or_pixel_format_fails_before_any_output(tmp_path, up2):
+    src = make_video(tmp_path / "in.mp4", audio=False)
+    before = set(tmp_path.iterdir())
+    with pytest.raises(VideoError, match="no video encoder"):
+        up2.upscale_video(src, tmp_path / "out.mp4", codec="not_a_codec")
+    with pytest.raises(VideoError, match="pixel format"):
+        up2.upscale_video(src, tmp_path / "out.mp4", pix_fmt="rgb48le")
+    with pytest.raises(VideoError, match="pixel format"):
+        check_encoder("libx264", width=64, height=48, pix_fmt="rgb48le")
+    assert set(tmp_path.iterdir()) == before
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="NVENC may work on a machine with an NVIDIA GPU")
-def test_unavailable_encoder_fails_before_any_output(tmp_path, up2):
+def test_nvenc_without_a_gpu_fails_before_any_output(tmp_path, up2):
     src = make_video(tmp_path / "in.mp4", audio=False)
     before = set(tmp_path.iterdir())
     with pytest.raises(VideoError, match="NVENC needs an NVIDIA GPU"):
         up2.upscale_video(src, tmp_path / "out.mp4", codec="h264_nvenc")
-    with pytest.raises(VideoError, match="no video encoder"):
-        up2.upscale_video(src, tmp_path / "out.mp4", codec="not_a_codec")
-    with pytest.raises(VideoError, match="pixel format"):
-        check_encoder("libx264", width=64, height=48, pix_fmt="rgb48le")
     assert set(tmp_path.iterdir()) == before
+
+
+@pytest.mark.gpu
+def test_nvenc_on_a_gpu_encodes_every_frame_or_fails_before_any_output(tmp_path, bicubic_x2):
+    # Some NVIDIA GPUs (H100, H200, A100) have no NVENC unit: then the clear error, and nothing written.
+    src = make_video(tmp_path / "in.mp4", audio=False, content=coded_frame)
+    before = set(tmp_path.iterdir())
+    with Upscaler(bicubic_x2, device="cuda") as up:
+        try:
+            up.upscale_video(src, tmp_path / "out.mp4", codec="h264_nvenc", crf=18)
+        except VideoError as e:
+            assert "h264_nvenc" in str(e) and set(tmp_path.iterdir()) == before, e
+            return
+    assert [read_code(f) for f in decode_rgb(tmp_path / "out.mp4")] == list(range(1, len(VFR_PTS) + 1))
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
@@ -156,6 +286,45 @@ def test_interrupt_or_crash_leaves_no_file(tmp_path, up2, error):
     with pytest.raises(error):
         up2.upscale_video(src, dst, preset="ultrafast", progress=progress)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("failure", ["crash", "disk full", "rename"])
+def test_failure_keeps_an_existing_output_untouched(tmp_path, up2, monkeypatch, failure):
+    src = make_video(tmp_path / "in.mkv")
+    dst = tmp_path / "out.mkv"
+    dst.write_bytes(b"the previous output")
+    expected: type[BaseException] = RuntimeError
+    progress = None
+
+    def crash(done, total):
+        if done >= 3:
+            raise RuntimeError("stop")
+
+    if failure == "crash":  # in the caller, part-way
+        progress = crash
+    elif failure == "disk full":  # in the encode thread, after a few frames
+        encode, calls = VideoWriter._encode, []
+
+        def full_disk(self, rgb, info):
+            calls.append(info.index)
+            if len(calls) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            encode(self, rgb, info)
+
+        monkeypatch.setattr(VideoWriter, "_encode", full_disk)
+        expected = VideoError
+    else:  # the final rename
+
+        def fail(*args):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(os, "replace", fail)
+        expected = PermissionError
+    with pytest.raises(expected, match="stop|No space left|Permission denied"):
+        up2.upscale_video(src, dst, preset="ultrafast", progress=progress)
+    monkeypatch.undo()
+    assert dst.read_bytes() == b"the previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "out.mkv"], "no partial file is left"
 
 
 def test_damaged_packet_is_reported_and_skipped(tmp_path, up2, caplog):
