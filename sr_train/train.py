@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     step, best_psnr, stale, elapsed = 0, -math.inf, 0, 0.0
     if resume is not None:
         run = RunFiles(resume, main=dist.main)
-        state = run.load_state(device)
+        state = run.load_state()
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
