@@ -6,6 +6,7 @@ config and call these in order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -142,14 +143,29 @@ def check_val_images(images: list[HRImage], scale: int) -> None:
             raise InputError(f"validation image {img.name} is {w}x{h}; it needs at least {least}x{least} at x{scale}")
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 inside: on CUDA, cuDNN runs float32 convolutions (colour conversion, bicubic) in TF32 by default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def validate(net: nn.Module, spec: IOSpec, images: list[HRImage], device: torch.device) -> tuple[float, float]:
-    """Mean (PSNR, SSIM) on Y with a ``scale``-pixel crop, through the deploy wrapper (the literature's protocol)."""
+    """Mean (PSNR, SSIM) on Y with a ``scale``-pixel crop, through the deploy wrapper (the literature's protocol).
+
+    Runs without TF32, so a GPU scores what the CPU scores (to float32 rounding).
+    """
     model = DeployModel(net, spec).eval()
     was_training = net.training
     net.eval()
-    scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
-              for img in images]
+    with full_fp32():
+        scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
+                  for img in images]
     net.train(was_training)
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 

@@ -1,4 +1,4 @@
-"""What the loops share, on the paths a GPU run takes: the device of DDP collectives, RNG states after a load."""
+"""What the loops share, on the paths a GPU run takes: DDP collectives' device, RNG states after a load, TF32."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import sr_train.run as run_mod
-from sr_train.run import Dist, RunFiles, rng_state, set_rng_state
+from sr_runtime.archs import build
+from sr_runtime.resize import upscale_bicubic
+from sr_train.data import HRImage
+from sr_train.run import Dist, RunFiles, rng_state, set_rng_state, validate
 
 
 def _draws() -> tuple:
@@ -68,3 +71,21 @@ def test_resumable_state_loads_on_cpu_and_restores_the_stream(tmp_path):
     assert state["rng"]["torch"].device.type == "cpu" and state["rng"]["torch"].dtype == torch.uint8
     set_rng_state(state["rng"])
     assert _draws() == expected
+
+
+def test_validation_runs_without_tf32():
+    """cuDNN's TF32 default would put ~1e-3 errors into the colour conversion and bicubic of validation."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        io_spec = build("espcn", scale=2).io_spec
+
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return upscale_bicubic(x, 2)
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    image = HRImage("x", torch.rand(3, 40, 40))
+    validate(Probe(), Probe.io_spec, [image], torch.device("cpu"))
+    assert seen == [(False, False)]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
