@@ -29,7 +29,12 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     return near + far
 
 
-@functools.lru_cache(maxsize=128)
+# A matrix is out_len x in_len float64 (17 MB for 2040 -> 1020): 128 entries per cache could hold
+# ~1 GB for a set of large, differently sized images; one image needs 2, so keep the last few.
+_CACHE_SIZE = 8
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _weight_matrix_f64(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
     """(out_len, in_len) float64 matrix of MATLAB ``contributions(in_len, out_len, scale, cubic, 4, antialias)``."""
     kernel_width = 4.0
@@ -54,7 +59,7 @@ def _weight_matrix_f64(in_len: int, out_len: int, scale: float, antialias: bool)
     return torch.from_numpy(matrix)
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _weight_matrix(
     in_len: int, out_len: int, scale: float, antialias: bool, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:

@@ -131,7 +131,7 @@ class TrainConfig:
     ema: float = 0.0
     """EMA decay for evaluation weights (0: off; e.g. 0.999)."""
     amp: str = "none"
-    """none, bf16 or fp16 (CUDA only)."""
+    """none, bf16 (autocast on CUDA or CPU) or fp16 (CUDA only, with a grad scaler)."""
     patience: int = 0
     """Stop after this many validations without a better PSNR (0: never)."""
     time_limit_min: float = 0.0

@@ -114,12 +114,15 @@ class PairedPatches:
             if min(hr.shape[-2:]) < hr_side:
                 skipped.append(f"{img.name} ({hr.shape[-1]}x{hr.shape[-2]})")
                 continue
-            lr = make_lr(hr.double(), scale, quantize=True).float()
+            # Degradation, colour conversion and upscaling in float64, rounded to float32 once: these are
+            # convolutions/matmuls, which CUDA would run in TF32 (10-bit mantissa) on float32 tensors.
+            hr = hr.double()
+            lr = make_lr(hr, scale, quantize=True)
             if spec.color == "y":
                 hr, lr = rgb_to_y(hr), rgb_to_y(lr)
             net_in = upscale_bicubic(lr, scale) if spec.pre_upsample else lr
-            self.inputs.append(net_in[0])
-            self.targets.append(hr[0])
+            self.inputs.append(net_in[0].float())
+            self.targets.append(hr[0].float())
         if skipped:
             log.warning("skipping %d image(s) smaller than one %dx%d HR patch: %s", len(skipped), hr_side, hr_side,
                         ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))

@@ -6,6 +6,7 @@ config and call these in order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -54,6 +55,8 @@ LOG_FIELDS = ("step", "loss", "lr", "val_psnr", "val_ssim", "seconds")
 class Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")
+    """The training device: collectives run on its tensors (an NCCL group has no CPU tensors)."""
 
     @property
     def main(self) -> bool:
@@ -67,7 +70,7 @@ class Dist:
         """True on every rank when any rank says True (stop decisions must be collective)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -85,7 +88,7 @@ def setup_dist(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(), device
+        return Dist(device=device), device
     rank = int(os.environ["RANK"])
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank))
@@ -93,7 +96,7 @@ def setup_dist(device: torch.device) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world), device
+    return Dist(rank, world, device), device
 
 
 def seed_everything(seed: int) -> None:
@@ -140,14 +143,29 @@ def check_val_images(images: list[HRImage], scale: int) -> None:
             raise InputError(f"validation image {img.name} is {w}x{h}; it needs at least {least}x{least} at x{scale}")
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 inside: on CUDA, cuDNN runs float32 convolutions (colour conversion, bicubic) in TF32 by default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def validate(net: nn.Module, spec: IOSpec, images: list[HRImage], device: torch.device) -> tuple[float, float]:
-    """Mean (PSNR, SSIM) on Y with a ``scale``-pixel crop, through the deploy wrapper (the literature's protocol)."""
+    """Mean (PSNR, SSIM) on Y with a ``scale``-pixel crop, through the deploy wrapper (the literature's protocol).
+
+    Runs without TF32, so a GPU scores what the CPU scores (to float32 rounding).
+    """
     model = DeployModel(net, spec).eval()
     was_training = net.training
     net.eval()
-    scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
-              for img in images]
+    with full_fp32():
+        scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
+                  for img in images]
     net.train(was_training)
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 
@@ -201,12 +219,17 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    # torch and torch.cuda only take RNG states as CPU ByteTensors; a load with another map_location moves them.
+    return t.to(device="cpu", dtype=torch.uint8)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_cpu_bytes(t) for t in state["cuda"]])
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -292,9 +315,14 @@ class RunFiles:
         if self.main:
             atomic_torch_save(state, self.path / STATE_FILE)
 
-    def load_state(self, device: torch.device) -> dict[str, Any]:
+    def load_state(self) -> dict[str, Any]:
+        """The resumable state, every tensor on the CPU.
+
+        ``load_state_dict`` moves model, EMA and optimizer tensors to their parameters' devices, and
+        RNG states must stay CPU ByteTensors (loading them onto CUDA makes ``torch.set_rng_state`` fail).
+        """
         try:
-            return torch.load(self.path / STATE_FILE, map_location=device, weights_only=False)
+            return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=False)
         except Exception as e:
             raise CheckpointError(f"{self.path / STATE_FILE}: cannot read the resumable state ({e})") from e
 

@@ -43,9 +43,9 @@ log = logging.getLogger("sr_train")
 def _autocast(amp: str, device: torch.device):
     if amp == "none":
         return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise ConfigError(f"amp={amp} needs a CUDA device; training runs on {device} (set amp=none)")
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"amp=fp16 needs a CUDA device; training runs on {device} (set amp=bf16 or amp=none)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -71,8 +71,8 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     device = resolve_device(cfg.device)
     dist, device = setup_dist(device)
     seed_everything(cfg.seed)
-    if cfg.amp != "none" and device.type != "cuda":
-        raise ConfigError(f"amp={cfg.amp} needs a CUDA device; training runs on {device} (set amp=none)")
+    if cfg.amp == "fp16" and device.type != "cuda":  # bf16 autocast also runs on CPU; fp16's grad scaler is CUDA's
+        raise ConfigError(f"amp=fp16 needs a CUDA device; training runs on {device} (set amp=bf16 or amp=none)")
 
     # Everything that can fail on bad input happens before the run directory exists.
     model, hparams = build_model(cfg.model.name, cfg.model.scale, cfg.model.hparams, cfg.model.init_from)
@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     step, best_psnr, stale, elapsed = 0, -math.inf, 0, 0.0
     if resume is not None:
         run = RunFiles(resume, main=dist.main)
-        state = run.load_state(device)
+        state = run.load_state()
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.model.load_state_dict(state["ema"])

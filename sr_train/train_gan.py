@@ -63,7 +63,7 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
     step, elapsed = 0, 0.0
     if resume is not None:
         run = RunFiles(resume, main=True)
-        state = run.load_state(device)
+        state = run.load_state()
         gen.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
         opt_g.load_state_dict(state["optimizer"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sr_runtime import resize
 from sr_runtime.archs import build
+from sr_runtime.color import rgb_to_y
 from sr_runtime.errors import InputError
-from sr_runtime.resize import make_lr
-from sr_train.data import PairedPatches, load_hr_folder
+from sr_runtime.resize import make_lr, modcrop, upscale_bicubic
+from sr_train.data import HRImage, PairedPatches, load_hr_folder
 
 
 def _patches(hr_dirs, name="edsr", scale=2, **kw):
@@ -27,11 +29,35 @@ def test_lr_patch_is_the_bicubic_of_its_hr_patch(hr_dirs):
 
 
 def test_pre_upsampling_networks_get_the_bicubic_upscaled_input(hr_dirs):
-    data = _patches(hr_dirs, name="vdsr", scale=3, augment=False, patch_size=10)
+    data = _patches(hr_dirs, name="vdsr", scale=3, augment=False, patch_size=16)
     net_in, hr = data.sample(0)
-    assert net_in.shape == hr.shape == (4, 1, 30, 30)
-    # net_in is close to HR (it is its blurred version), far closer than noise
-    assert (net_in - hr).abs().mean() < 0.05
+    assert net_in.shape == hr.shape == (4, 1, 48, 48)
+    # away from the patch border (2 LR pixels for the degradation, 2 for the upscale), net_in is the
+    # bicubic upscale of the LR of its HR patch, to the 8-bit rounding of the LR
+    bicubic = upscale_bicubic(make_lr(hr.double(), 3, quantize=False), 3).float()
+    inner = (..., slice(12, -12), slice(12, -12))
+    assert (net_in - bicubic)[inner].abs().max() <= 1.5 / 255
+    # and the HR patch itself is far from that: handing the network its target would fail the line above
+    assert (hr - bicubic)[inner].abs().max() > 10 / 255
+
+
+def test_patches_are_made_in_float64_and_rounded_once(hr_dirs):
+    """Y conversion and upscaling run in float64 (CUDA would run float32 convolutions in TF32)."""
+    data = _patches(hr_dirs, name="vdsr", scale=3, augment=False, patch_size=16)
+    for img, net_in, target in zip(load_hr_folder(hr_dirs[0]), data.inputs, data.targets):
+        hr = modcrop(img.rgb, 3)[None].double()
+        lr_y = rgb_to_y(make_lr(hr, 3, quantize=True))
+        assert torch.equal(target, rgb_to_y(hr)[0].float())
+        assert torch.equal(net_in, upscale_bicubic(lr_y, 3)[0].float())
+
+
+def test_many_image_sizes_keep_the_bicubic_weight_cache_small(tmp_path):
+    """A matrix per image side and size: a large set of differently sized images must not pile them up."""
+    spec = build("fsrcnn", scale=2).io_spec
+    images = [HRImage(f"i{k}", torch.rand(3, 20 + 2 * k, 22 + 2 * k)) for k in range(20)]
+    PairedPatches(images, spec=spec, patch_size=8, batch_size=1)
+    for cache in (resize._weight_matrix, resize._weight_matrix_f64):
+        assert cache.cache_info().currsize <= 8, cache.cache_info()
 
 
 def test_same_step_same_batch_other_step_other_batch(hr_dirs):

@@ -1,9 +1,10 @@
-"""A run killed part-way and resumed logs the same per-step losses as an uninterrupted run."""
+"""A run killed part-way and resumed continues from its saved step and ends where an uninterrupted run ends."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,24 +15,31 @@ import torch
 from safetensors.torch import load_file
 
 
-def _cmd(hr_dirs, out, run_name, steps=300):
+def _cmd(hr_dirs, out, run_name, steps=300, ema=0.0):
     return [sys.executable, "-m", "sr_train.cli", "--model", "fsrcnn", "--scale", "2", "--data", str(hr_dirs[0]),
             "--val", str(hr_dirs[1]), "--out", str(out), "--quiet", f"steps={steps}", "log_every=1",
             "ckpt_every=7", "val_every=100", "data.batch_size=4", "data.patch_size=10", "time_limit_min=0",
-            f"run_name={run_name}"]
+            f"ema={ema}", f"run_name={run_name}"]
+
+
+def _rows(run):
+    """Every row of log.csv in file order (duplicates kept: a step logged twice must show)."""
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def _losses(run):
-    with open(run / "log.csv") as f:
-        return {int(r["step"]): r["loss"] for r in csv.DictReader(f) if r["loss"]}
+    return [(int(r["step"]), r["loss"]) for r in _rows(run) if r["loss"]]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, hr_dirs):
+    """With EMA on: the resumed process restores model, EMA, optimizer and RNG at the saved step, not step 0."""
     out = tmp_path / "runs"
-    proc = subprocess.Popen(_cmd(hr_dirs, out, "killed"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cmd(hr_dirs, out, "killed", ema=0.999), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     log = out / "killed" / "log.csv"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -41,19 +49,32 @@ def test_killed_then_resumed_run_equals_uninterrupted_run(tmp_path, hr_dirs):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise steps"
-    killed_at = max(_losses(out / "killed"))
-    assert killed_at < 300
+    saved = torch.load(out / "killed" / "last.pt", map_location="cpu", weights_only=False)["step"]
+    assert 7 <= saved < 300 and saved % 7 == 0
+    before = [r for r in _rows(out / "killed") if int(r["step"]) <= saved]
 
     resumed = subprocess.run([sys.executable, "-m", "sr_train.cli", "--resume", str(out / "killed"), "--quiet"],
                              env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    full = subprocess.run(_cmd(hr_dirs, out, "full"), env=ENV, capture_output=True, text=True)
-    assert full.returncode == 0, full.stderr
+    # the resumed process started from the saved state, not from scratch ...
+    assert re.search(rf"resumed \S+ at step {saved} ", resumed.stderr), resumed.stderr[-2000:]
+    rows = _rows(out / "killed")
+    # ... kept the killed process's rows up to that step as they were, dropped the ones after it ...
+    assert rows[: len(before)] == before
+    # ... and logged each later step exactly once.
+    assert [s for s, _ in _losses(out / "killed")] == list(range(1, 301))
+    assert [int(r["step"]) for r in rows if r["val_psnr"]] == [100, 200, 300]
 
-    a, b = _losses(out / "killed"), _losses(out / "full")
-    assert sorted(a) == list(range(1, 301)) and a == b
+    full = subprocess.run(_cmd(hr_dirs, out, "full", ema=0.999), env=ENV, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    assert _losses(out / "killed") == _losses(out / "full")
+    # last.safetensors holds the EMA weights (what validation scores); last.pt the raw model and the EMA
     wa, wb = load_file(out / "killed" / "last.safetensors"), load_file(out / "full" / "last.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wb)
+    sa, sb = (torch.load(out / r / "last.pt", map_location="cpu", weights_only=False) for r in ("killed", "full"))
+    for part in ("model", "ema"):
+        assert all(torch.equal(sa[part][k], sb[part][k]) for k in sb[part]), part
+    assert not all(torch.equal(sb["model"][k], sb["ema"][k]) for k in sb["model"]), "EMA is not on"
 
 
 @pytest.mark.parametrize("bad", ["--scale", "--model"])
