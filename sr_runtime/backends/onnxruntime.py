@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sr_runtime.backends.base import Backend, parse_device
+from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
 from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError
 from sr_runtime.spec import IOSpec
 
@@ -72,6 +72,12 @@ def read_onnx_spec(metadata: dict[str, str]) -> IOSpec | None:
             except (ValueError, TypeError) as e:
                 raise InputError(f"ONNX metadata {key!r} is not a valid IOSpec ({e})") from e
     return None
+
+
+TRT_PROFILE = ((16, 16), (512, 512), (1024, 1024), 4)
+"""TensorRT provider profile: (min, opt, max) input height x width and the largest batch. Given to
+the provider explicitly, so it builds one engine for every tile shape in range instead of a new
+engine per shape; the backend's ShapeLimits say the same, so the Upscaler tiles within it."""
 
 
 def _default_trt_cache() -> Path:
@@ -128,7 +134,16 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        providers = self._providers(provider, dev, precision, trt_cache_dir)
+        self._stream = None
+        if provider != "cpu":
+
+            with torch.cuda.device(dev):
+                self._stream = torch.cuda.Stream(dev)
+        input_name = _graph_input_name(path) if provider == "tensorrt" else "lr"
+        providers = self._providers(
+            provider, dev, precision, trt_cache_dir,
+            stream=self._stream.cuda_stream if self._stream is not None else None, input_name=input_name,
+        )
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
@@ -173,11 +188,16 @@ class OnnxRuntimeBackend(Backend):
         if scale is not None and spec.scale != scale:
             raise UnsupportedScaleError(f"{path}: the model upscales x{spec.scale}, but scale {scale} was asked for")
 
+        limits = None
+        if provider == "tensorrt":
+            (min_hw, _, max_hw, max_batch) = TRT_PROFILE
+            limits = ShapeLimits(min_hw=min_hw, max_hw=max_hw, max_batch=max_batch)
         super().__init__(
             spec=spec,
             device=dev,
             precision=precision,
             input_dtype=_TORCH_DTYPES[np_in],
+            limits=limits,
             source=f"{path.name} via {PROVIDERS[provider]}",
         )
         self.path = path
@@ -187,26 +207,43 @@ class OnnxRuntimeBackend(Backend):
         self._np_in, self._np_out = np_in, np_out
 
     @staticmethod
-    def _providers(provider: str, dev: torch.device, precision: str | None, trt_cache_dir) -> list:
-        cuda = ("CUDAExecutionProvider", {"device_id": dev.index or 0})
+    def _providers(
+        provider: str,
+        dev: torch.device,
+        precision: str | None,
+        trt_cache_dir,
+        *,
+        stream: int | None = None,
+        input_name: str = "lr",
+    ) -> list:
+        """Provider list with options. CUDA: a heuristic cuDNN algorithm choice (the default,
+        EXHAUSTIVE, benchmarks every convolution again for each new tile shape) and the backend's
+        own stream (``stream``, a cudaStream_t address) instead of the legacy default stream."""
+        cuda_options = {"device_id": dev.index or 0, "cudnn_conv_algo_search": "HEURISTIC"}
+        if stream is not None:
+            cuda_options["user_compute_stream"] = str(stream)
+        cuda = ("CUDAExecutionProvider", cuda_options)
         if provider == "cpu":
             return ["CPUExecutionProvider"]
         if provider == "cuda":
             return [cuda, "CPUExecutionProvider"]
         cache = Path(trt_cache_dir) if trt_cache_dir else _default_trt_cache()
         cache.mkdir(parents=True, exist_ok=True)
-        trt = (
-            "TensorrtExecutionProvider",
-            {
-                "device_id": dev.index or 0,
-                "trt_fp16_enable": precision == "fp16",
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(cache),
-            },
-        )
-        return [trt, cuda, "CPUExecutionProvider"]
+        (min_h, min_w), (opt_h, opt_w), (max_h, max_w), max_batch = TRT_PROFILE
+        trt_options = {
+            "device_id": dev.index or 0,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_profile_min_shapes": f"{input_name}:1x3x{min_h}x{min_w}",
+            "trt_profile_opt_shapes": f"{input_name}:1x3x{opt_h}x{opt_w}",
+            "trt_profile_max_shapes": f"{input_name}:{max_batch}x3x{max_h}x{max_w}",
+        }
+        if stream is not None:
+            trt_options["user_compute_stream"] = str(stream)
+        return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
     def _run(self, lr: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -223,10 +260,12 @@ class OnnxRuntimeBackend(Backend):
         index = self.device.index or 0
         binding.bind_input(self._input_name, "cuda", index, self._np_in, tuple(x.shape), x.data_ptr())
         binding.bind_output(self._output_name, "cuda", index, self._np_out, tuple(out.shape), out.data_ptr())
-        # ONNX Runtime runs on its own stream: the input must be complete before it reads it.
-        torch.cuda.current_stream(self.device).synchronize()
+        # ONNX Runtime runs on the backend's stream: order it after the caller's work on the input
+        # (a device-side wait, no host synchronisation); run_with_iobinding returns once it is done.
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            self._session.run_with_iobinding(binding)
+            with torch.cuda.device(self.device):
+                self._session.run_with_iobinding(binding)
         except Exception as e:
             message = str(e)
             if "out of memory" in message.lower() or "failed to allocate memory" in message.lower():
@@ -236,3 +275,17 @@ class OnnxRuntimeBackend(Backend):
 
     def _release(self) -> None:
         self._session = None
+        self._stream = None
+
+
+def _graph_input_name(path: Path) -> str:
+    """The graph's input name (for the TensorRT provider's profile), read without the weights."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        names = [i.name for i in graph.input if i.name not in initializers]
+        return names[0] if names else "lr"
+    except Exception:  # the session creation below reports unreadable files properly
+        return "lr"

@@ -24,7 +24,7 @@ from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
 from sr_runtime.errors import BackendUnavailableError, EngineMismatchError, InputError
 from sr_runtime.spec import IOSpec
 
-__all__ = ["TensorRTBackend", "sidecar_path", "read_sidecar", "check_sidecar", "import_tensorrt"]
+__all__ = ["TensorRTBackend", "sidecar_path", "read_sidecar", "check_sidecar", "import_tensorrt", "IO_ALIGNMENT"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ _INSTALL_HINT = (
     "(or pip install -e '.[trt]'); it needs an NVIDIA GPU and a CUDA build of torch"
 )
 _REQUIRED = ("tensorrt_version", "gpu_name", "precision", "profile")
+IO_ALIGNMENT = 256
+"""Bytes: TensorRT requires I/O tensor addresses aligned to 256 bytes (``set_tensor_address``)."""
 _HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
@@ -87,6 +89,32 @@ def _limits(record: dict[str, Any]) -> ShapeLimits:
     )
 
 
+def aligned(tensor: torch.Tensor, alignment: int = IO_ALIGNMENT) -> torch.Tensor:
+    """``tensor`` as a contiguous tensor whose address is a multiple of ``alignment`` bytes: itself
+    when it already is, else a copy (a view into a batch, say, can start anywhere; a fresh CUDA
+    allocation is aligned to 512 bytes)."""
+    tensor = tensor.contiguous()
+    if tensor.data_ptr() % alignment == 0:
+        return tensor
+    # Over-allocate by one alignment and start at the first aligned element, whatever the allocator.
+    element = tensor.element_size()
+    buffer = torch.empty(tensor.numel() + alignment // element, dtype=tensor.dtype, device=tensor.device)
+    offset = (-buffer.data_ptr() % alignment) // element
+    copy = buffer[offset : offset + tensor.numel()].view(tensor.shape)
+    copy.copy_(tensor)
+    return copy
+
+
+def bind_address(context: Any, name: str, tensor: torch.Tensor) -> None:
+    """``context.set_tensor_address(name, tensor)``, raising when TensorRT rejects it (it returns
+    False for a misaligned or unknown tensor and would then run on stale buffers)."""
+    if not context.set_tensor_address(name, tensor.data_ptr()):
+        raise BackendUnavailableError(
+            f"TensorRT rejected the address of I/O tensor {name!r} ({tensor.data_ptr():#x}, shape "
+            f"{tuple(tensor.shape)}); see the TensorRT log above"
+        )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,8 +162,11 @@ class TensorRTBackend(Backend):
 
     ``engine_path``: an ``.engine`` file with its ``.engine.json`` sidecar. ``precision``: None to
     take the engine's, or the precision you require (a mismatch raises EngineMismatchError).
-    Input and output are torch CUDA tensors used directly as TensorRT's I/O buffers; the engine
-    runs on the current torch stream, so no synchronisation is needed between tiles.
+    Input and output are torch CUDA tensors used directly as TensorRT's I/O buffers (inputs not
+    aligned to 256 bytes are copied first). The engine runs on a stream of its own, ordered after the
+    caller's current stream by an event wait (not the legacy default stream, which would synchronise
+    the whole device per tile), and the caller's stream waits for it, so no host synchronisation is
+    needed between tiles.
     Raises BackendUnavailableError without TensorRT or CUDA, EngineMismatchError for an engine
     built elsewhere (other GPU, TensorRT version, precision, ONNX).
     """
@@ -194,23 +225,31 @@ class TensorRTBackend(Backend):
             source=f"engine {engine_path.name}",
         )
         self._runtime, self._engine, self._context = runtime, engine, context
+        self._stream = torch.cuda.Stream(dev)
 
     def _run(self, lr: torch.Tensor) -> torch.Tensor:
-        x = lr.contiguous()
-        if not self._context.set_input_shape(self.input_name, tuple(x.shape)):
-            raise InputError(f"input shape {tuple(x.shape)} is outside the engine's optimization profile {self.limits}")
-        out = torch.empty(tuple(self._context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
-                          device=self.device)
-        self._context.set_tensor_address(self.input_name, x.data_ptr())
-        self._context.set_tensor_address(self.output_name, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise BackendUnavailableError("TensorRT execute_async_v3 failed; see the TensorRT log above")
-        # x must outlive the kernels: the caching allocator reuses its memory only for work queued
-        # later on the same stream, which runs after them.
+        with torch.cuda.device(self.device):  # cuda:1 works whatever the current device is
+            x = aligned(lr)
+            if not self._context.set_input_shape(self.input_name, tuple(x.shape)):
+                raise InputError(
+                    f"input shape {tuple(x.shape)} is outside the engine's optimization profile {self.limits}"
+                )
+            out = torch.empty(tuple(self._context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
+                              device=self.device)
+            bind_address(self._context, self.input_name, x)
+            bind_address(self._context, self.output_name, out)
+            caller = torch.cuda.current_stream(self.device)
+            self._stream.wait_stream(caller)  # the input was written on the caller's stream
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise BackendUnavailableError("TensorRT execute_async_v3 failed; see the TensorRT log above")
+            # The allocator must not hand x's or out's memory to other work before the engine is done.
+            x.record_stream(self._stream)
+            out.record_stream(self._stream)
+            caller.wait_stream(self._stream)  # the caller reads the output on its own stream
         return out if out.dtype == self.input_dtype else out.to(self.input_dtype)
 
     def _release(self) -> None:
         self._context = None
         self._engine = None
         self._runtime = None
+        self._stream = None

@@ -333,3 +333,76 @@ def test_tensorrt_engine_matches_torch(tmp_path, fsrcnn_files, photo_crop):
         with pytest.raises(InputError, match="largest"):
             trt.run(torch.rand(1, 3, 256, 256, device="cuda", dtype=trt.input_dtype))
     assert rgb_psnr(got, expected) >= TOLERANCE_DB[trt.precision]
+    # A view into a batch starts wherever the slice does (not 256-byte aligned): realigned, same result.
+    with create_backend(engine) as trt:
+        pair = torch.cat([photo_crop[:, :, :, 1:], photo_crop[:, :, :, :-1]]).cuda().to(trt.input_dtype)
+        view = pair.flatten()[1:].as_strided(pair[1:].shape, pair[1:].stride())
+        whole = trt.run(view.clone()).float().cpu()
+        assert torch.equal(trt.run(view).float().cpu(), whole)
+
+
+# --- CUDA paths, checked without a GPU ---------------------------------------------------------------
+
+
+def test_tensorrt_io_is_realigned_to_256_bytes():
+    from sr_runtime.backends.tensorrt import IO_ALIGNMENT, aligned
+
+    base = torch.zeros(4096)
+    start = next(i for i in range(64) if (base.data_ptr() + 4 * i) % IO_ALIGNMENT == 0)
+    ok = base[start : start + 1024]
+    assert aligned(ok) is ok  # aligned and contiguous: used as is, no copy
+    shifted = base[start + 1 : start + 1025]  # a view one float later: 4 bytes off
+    shifted.copy_(torch.arange(1024.0))
+    moved = aligned(shifted)
+    assert moved.data_ptr() % IO_ALIGNMENT == 0 and moved.data_ptr() != shifted.data_ptr()
+    torch.testing.assert_close(moved, shifted, rtol=0, atol=0)
+
+
+def test_tensorrt_rejected_address_is_an_error():
+    from sr_runtime.backends.tensorrt import bind_address
+
+    class Context:
+        def __init__(self, answer):
+            self.answer, self.calls = answer, []
+
+        def set_tensor_address(self, name, address):
+            self.calls.append((name, address))
+            return self.answer
+
+    x = torch.zeros(1, 3, 8, 8)
+    accepting = Context(True)
+    bind_address(accepting, "lr", x)
+    assert accepting.calls == [("lr", x.data_ptr())]
+    with pytest.raises(BackendUnavailableError, match="rejected the address of I/O tensor 'lr'"):
+        bind_address(Context(False), "lr", x)
+
+
+def test_onnxruntime_gpu_provider_options():
+    from sr_runtime.backends.onnxruntime import TRT_PROFILE, OnnxRuntimeBackend
+
+    dev = torch.device("cuda", 1)
+    (cuda, cuda_opts), cpu = OnnxRuntimeBackend._providers("cuda", dev, "fp32", None, stream=1234)
+    assert (cuda, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    # No cuDNN benchmark per new tile shape; the backend's own stream, not the legacy default one.
+    assert cuda_opts == {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC", "user_compute_stream": "1234"}
+
+
+def test_onnxruntime_tensorrt_provider_gets_explicit_profile_shapes(tmp_path):
+    from sr_runtime.backends.onnxruntime import TRT_PROFILE, OnnxRuntimeBackend
+
+    (name, opts), (cuda, _), _ = OnnxRuntimeBackend._providers(
+        "tensorrt", torch.device("cuda", 0), "fp16", tmp_path, stream=99, input_name="input"
+    )
+    assert (name, cuda) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    (min_h, min_w), (opt_h, opt_w), (max_h, max_w), max_batch = TRT_PROFILE
+    assert opts["trt_profile_min_shapes"] == f"input:1x3x{min_h}x{min_w}"
+    assert opts["trt_profile_opt_shapes"] == f"input:1x3x{opt_h}x{opt_w}"
+    assert opts["trt_profile_max_shapes"] == f"input:{max_batch}x3x{max_h}x{max_w}"
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["user_compute_stream"] == "99"
+
+
+def test_graph_input_name_is_read_from_the_file(fsrcnn_files):
+    from sr_runtime.backends.onnxruntime import _graph_input_name
+
+    assert _graph_input_name(fsrcnn_files[1]) == "lr"
