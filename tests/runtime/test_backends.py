@@ -151,13 +151,21 @@ def test_explicit_choices_that_cannot_be_honoured_are_errors(kind, kwargs, match
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; this machine has a GPU")
 def test_cuda_without_gpu_is_an_error_listing_devices(fsrcnn_files):
-    ckpt, onnx_path = fsrcnn_files
     with pytest.raises(BackendUnavailableError, match="available: cpu"):
-        create_backend(ckpt, device="cuda")
+        create_backend(fsrcnn_files[0], device="cuda")
+
+
+def test_unavailable_onnxruntime_provider_is_an_error(fsrcnn_files):
+    """Runs wherever onnxruntime lacks the CUDA provider (CPU builds; also on GPU machines)."""
+    if "cuda" in available_backends()["onnxruntime"]:
+        pytest.skip("this onnxruntime has a usable CUDA provider")
     with pytest.raises(BackendUnavailableError, match="provider 'cuda' is not available"):
-        create_backend(onnx_path, provider="cuda")
+        create_backend(fsrcnn_files[1], provider="cuda")
+
+
+def test_fp16_on_the_cpu_is_an_error(fsrcnn_files):
     with pytest.raises(BackendUnavailableError, match="CUDA devices only"):
-        create_backend(ckpt, precision="fp16", device="cpu")
+        create_backend(fsrcnn_files[0], precision="fp16", device="cpu")
 
 
 def test_onnx_precision_must_match(fsrcnn_files):

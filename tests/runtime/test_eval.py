@@ -133,7 +133,6 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, small_rgb_u8, capsys, c
 
 
 def test_model_checkpoint_path(tmp_path, hr_folder, capsys):
-    pytest.importorskip("sr_runtime.archs.fsrcnn", reason="architectures not written yet")
     from sr_runtime.archs import build, resolve_hparams
     from sr_runtime.checkpoint import save_checkpoint
 
