@@ -291,7 +291,7 @@ def open_backend(mut: ModelUnderTest, form: Form, artifacts: Artifacts, *, threa
 
 def parity_inputs(spec: IOSpec, size: tuple[int, int], images: int) -> list[tuple[str, np.ndarray]]:
     """Centre crops of real photos (scikit-image samples) at LR ``size``: [(name, (1, 3, h, w) float32)]."""
-    from sr_export.verify import parity_cases
+    from sr_runtime.export.verify import parity_cases
 
     cases = parity_cases([align_hw(*size, spec)], batch=1)
     return [(c.image, c.lr) for c in cases[: max(1, images)]]
@@ -307,7 +307,7 @@ def measure_parity(
     mut: ModelUnderTest, form: Form, backend, inputs: list[tuple[str, np.ndarray]], reference: dict[str, np.ndarray]
 ) -> dict[str, Any]:
     """Parity row: ``backend``'s outputs against the PyTorch FP32 ``reference`` outputs (by image name)."""
-    from sr_export.verify import compare
+    from sr_runtime.export.verify import compare
 
     per_image = []
     for name, lr in inputs:

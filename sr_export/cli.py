@@ -5,7 +5,7 @@
     sr-export --model runs/edsr_x4_20240101-120000/best.safetensors --out exports/edsr_x4
 
 Every artifact is run on real images at an odd and a large size and compared with PyTorch FP32
-(see :mod:`sr_export.verify`); below the tolerance the export fails. The ONNX artifacts and the
+(see :mod:`sr_runtime.export.verify`); below the tolerance the export fails. The ONNX artifacts and the
 manifest are built in a temporary directory beside the target and renamed into place at the end,
 so nothing half-written is left under ``exports/``; the engine follows in a second phase, so a
 machine without TensorRT still gets its ONNX files before ``--format engine`` fails.
@@ -34,9 +34,9 @@ import torch
 from sr_export import tensorrt as trt_export
 from sr_export.fp16 import convert_fp16
 from sr_export.manifest import Manifest, read_manifest, sha256_file, write_manifest
-from sr_export.onnx import DEFAULT_OPSET, check_onnx, export_onnx, io_description, set_metadata, slim_onnx
+from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, export_onnx, io_description, set_metadata, slim_onnx
 from sr_export.profile import ShapeProfile, default_profile, format_hw, parse_hw
-from sr_export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
+from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
 from sr_runtime.atomic import current_umask
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.deploy import DeployModel

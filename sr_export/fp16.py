@@ -11,7 +11,7 @@ decided here from data, in two passes over calibration images on ONNX Runtime CP
    the FP16 tolerance, the first node (in graph order) whose FP16 output has NaN/Inf or a
    relative error above ``node_rel_error`` is kept FP32 too, and the graph is converted again.
 
-The parity gate in :mod:`sr_export.verify` then measures the result against PyTorch FP32.
+The parity gate in :mod:`sr_runtime.export.verify` then measures the result against PyTorch FP32.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sr_export.verify import compare
+from sr_runtime.export.verify import compare
 from sr_runtime.errors import BackendUnavailableError, ExportError
 
 __all__ = ["FP16_MAX", "KeptNode", "Fp16Result", "convert_fp16", "name_nodes"]

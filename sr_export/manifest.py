@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sr_export.verify import ParityRow
+from sr_runtime.export.verify import ParityRow
 from sr_runtime.atomic import atomic_write_bytes
 
 __all__ = [

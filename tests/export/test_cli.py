@@ -14,8 +14,8 @@ from skimage import data
 from sr_export import cli
 from sr_export import tensorrt as trt_export
 from sr_export.manifest import sha256_file
-from sr_export.onnx import read_metadata
-from sr_export.verify import TOLERANCES, Tolerance
+from sr_runtime.export.onnx import read_metadata
+from sr_runtime.export.verify import TOLERANCES, Tolerance
 from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.deploy import DeployModel

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sr_export.fp16 import convert_fp16
-from sr_export.onnx import (
+from sr_runtime.export.onnx import (
     INPUT_AXES,
     OUTPUT_AXES,
     check_onnx,
@@ -24,7 +24,7 @@ from sr_export.onnx import (
     set_metadata,
     slim_onnx,
 )
-from sr_export.verify import OnnxRunner, align_size, check_parity, compare, parity_cases
+from sr_runtime.export.verify import OnnxRunner, align_size, check_parity, compare, parity_cases
 from sr_runtime.archs import ARCHS, build
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ExportError

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sr_export import tensorrt as trt_export
-from sr_export.onnx import export_onnx
+from sr_runtime.export.onnx import export_onnx
 from sr_export.profile import ShapeProfile, default_profile, parse_hw
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError
@@ -181,7 +181,7 @@ def test_without_tensorrt_building_fails_with_the_install_command(wide_onnx, tmp
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_build_engine_writes_engine_and_sidecar_and_reuses_the_cache(tmp_path):
-    from sr_export.verify import check_parity, parity_cases
+    from sr_runtime.export.verify import check_parity, parity_cases
 
     net = _WideUpsampler().eval()
     spec = net.io_spec

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sr_export.verify import (
+from sr_runtime.export.verify import (
     TOLERANCES,
     ParityCase,
     align_size,
