@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile-overlap", type=int, help="overlap in input pixels (default: the model's receptive radius)")
     g.add_argument("--batch", type=int, help="tiles or frames per model call (default: 4 on CUDA, 1 on CPU)")
     g.add_argument("--list-backends", action="store_true", help="print the backends and devices available, then exit")
+    g.add_argument("--cache-dir", help="where the fast form of a model is cached "
+                   "(default: $SR_RUNTIME_CACHE or ~/.cache/sr_runtime; list or clear it with sr-cache)")
+    g.add_argument("--no-cache", action="store_true", help="build the fast form for this run only; write no cache")
     f = p.add_argument_group("files")
     f.add_argument("--recursive", action="store_true", help="search folders (and ** globs) recursively")
     f.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists")
@@ -98,6 +101,8 @@ def _make_upscaler(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         provider=args.provider,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
         tile=args.tile,
         tile_overlap=args.tile_overlap,
         batch=args.batch,

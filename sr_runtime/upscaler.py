@@ -112,6 +112,10 @@ class Upscaler:
         batch: tiles (or video frames) per backend call; None: 4 on CUDA, 1 on CPU.
         compile, cuda_graphs, channels_last: torch backend options.
         runs_dir: where model names look for trained checkpoints before shipped weights.
+        cache_dir, use_cache: where the fast form of a checkpoint is cached (default
+            ``$SR_RUNTIME_CACHE`` or ``~/.cache/sr_runtime``), or build it per process. With
+            ``backend="auto"`` a checkpoint runs in the fastest form that passes the parity gate
+            on this machine (:mod:`sr_runtime.accel`); ``backend="torch"`` runs PyTorch eagerly.
 
     Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError. Use as a
     context manager or call :meth:`close` to free device memory.
@@ -133,6 +137,8 @@ class Upscaler:
         cuda_graphs: bool = False,
         channels_last: bool | None = None,
         runs_dir: str | os.PathLike = "runs",
+        cache_dir: str | os.PathLike | None = None,
+        use_cache: bool = True,
     ) -> None:
         if model is None:
             if scale is None:
@@ -157,6 +163,8 @@ class Upscaler:
             cuda_graphs=cuda_graphs,
             channels_last=channels_last,
             runs_dir=runs_dir,
+            cache_dir=cache_dir,
+            use_cache=use_cache,
         )
         self.spec = self.backend.spec
         self.scale = self.spec.scale

@@ -25,6 +25,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _runtime_environment(monkeypatch, tmp_path_factory):
+    """No test writes the user's cache. The automatic fast path (export, parity gate, probe: seconds
+    per checkpoint) is off except in the tests of it (tests/runtime/test_accel.py), which turn it on;
+    every other test runs its checkpoints on eager torch, as ``backend="torch"`` does."""
+    monkeypatch.setenv("SR_RUNTIME_CACHE", str(tmp_path_factory.getbasetemp() / "sr_runtime_cache"))
+    monkeypatch.setenv("SR_RUNTIME_ACCEL", "0")
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
     np.random.seed(0)

@@ -33,14 +33,14 @@ from sr_runtime.backends.base import PRECISIONS, Backend, ShapeLimits, parse_dev
 from sr_runtime.errors import BackendUnavailableError, UnsupportedScaleError
 
 __all__ = [
-    "Backend",
-    "ShapeLimits",
     "BACKENDS",
+    "Backend",
     "BackendChoice",
+    "ShapeLimits",
     "available_backends",
+    "create_backend",
     "model_kind",
     "select_backend",
-    "create_backend",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,15 @@ def select_backend(
     return BackendChoice("onnxruntime", dev, provider, f"an .onnx file runs on ONNX Runtime; {why}")
 
 
+def _accelerate(backend: str, precision: str | None, compile: bool, cuda_graphs: bool, channels_last) -> bool:
+    """True when a checkpoint should run in its automatically built fast form."""
+    if backend != "auto" or compile or cuda_graphs or channels_last is not None:
+        return False
+    if precision not in (None, "fp32"):
+        return False  # an explicit fp16 runs as asked, on torch
+    return os.environ.get("SR_RUNTIME_ACCEL", "1").lower() not in ("0", "off", "false", "no")
+
+
 def create_backend(
     model: str | os.PathLike,
     *,
@@ -176,9 +185,16 @@ def create_backend(
     cuda_graphs: bool = False,
     channels_last: bool | None = None,
     runs_dir: str | os.PathLike = "runs",
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
 ) -> Backend:
     """Load ``model`` (a model name, a checkpoint, an ``.onnx`` file or an ``.engine``) on the
     backend :func:`select_backend` decides; logs the choice.
+
+    A checkpoint with ``backend="auto"`` (and no torch-only option) runs in its fastest
+    parity-checked form for this machine, built once and cached (:mod:`sr_runtime.accel`;
+    ``cache_dir``, ``use_cache``); ``backend="torch"`` runs it eagerly in PyTorch. Setting the
+    environment variable ``SR_RUNTIME_ACCEL=0`` turns the automatic forms off (as ``backend="torch"``).
 
     ``precision``: None for the artifact's own (FP32 for checkpoints), or ``fp32``/``fp16``.
     ``compile``, ``cuda_graphs``, ``channels_last``: torch backend options (an error elsewhere).
@@ -191,13 +207,15 @@ def create_backend(
     choice = select_backend(kind, backend=backend, device=device, provider=provider)
     if choice.backend != "torch" and (compile or cuda_graphs):
         raise BackendUnavailableError("--compile and --cuda-graphs are torch backend options")
-    log.info(
-        "backend: %s on %s%s (%s)",
-        choice.backend,
-        choice.device,
-        f", provider {choice.provider}" if choice.provider else "",
-        choice.reason,
-    )
+    accelerate = choice.backend == "torch" and _accelerate(backend, precision, compile, cuda_graphs, channels_last)
+    if not accelerate:
+        log.info(
+            "backend: %s on %s%s (%s)",
+            choice.backend,
+            choice.device,
+            f", provider {choice.provider}" if choice.provider else "",
+            choice.reason,
+        )
     if choice.backend == "torch":
         from sr_runtime.backends.torch import TorchBackend
         from sr_runtime.checkpoint import load_checkpoint
@@ -206,6 +224,11 @@ def create_backend(
         path, how = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
         ckpt = load_checkpoint(path, scale=scale)
         log.info("model: %s x%d from %s", ckpt.arch, ckpt.scale, how)
+        if accelerate:
+            from sr_runtime.accel import accelerated_backend
+
+            return accelerated_backend(path, ckpt, device=device, precision=precision,
+                                       source=f"{ckpt.name} from {how}", cache_dir=cache_dir, use_cache=use_cache)
         return TorchBackend(
             ckpt.model,
             spec=ckpt.spec,

@@ -24,7 +24,7 @@ from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
 from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError
 from sr_runtime.spec import IOSpec
 
-__all__ = ["OnnxRuntimeBackend", "PROVIDERS", "available_providers", "read_onnx_spec"]
+__all__ = ["PROVIDERS", "OnnxRuntimeBackend", "available_providers", "read_onnx_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -287,5 +287,5 @@ def _graph_input_name(path: Path) -> str:
         initializers = {i.name for i in graph.initializer}
         names = [i.name for i in graph.input if i.name not in initializers]
         return names[0] if names else "lr"
-    except Exception:  # the session creation below reports unreadable files properly
+    except Exception:  # noqa: BLE001 - the session creation below reports unreadable files properly
         return "lr"

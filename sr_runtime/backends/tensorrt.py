@@ -24,7 +24,7 @@ from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
 from sr_runtime.errors import BackendUnavailableError, EngineMismatchError, InputError
 from sr_runtime.spec import IOSpec
 
-__all__ = ["TensorRTBackend", "sidecar_path", "read_sidecar", "check_sidecar", "import_tensorrt", "IO_ALIGNMENT"]
+__all__ = ["IO_ALIGNMENT", "TensorRTBackend", "check_sidecar", "import_tensorrt", "read_sidecar", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 

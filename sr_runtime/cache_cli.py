@@ -1,0 +1,39 @@
+"""``sr-cache``: list or clear the cache of built fast forms (see :mod:`sr_runtime.cache`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sr_runtime.cache import cache_root, clear, list_entries
+
+PROG = "sr-cache"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0].strip("`"))
+    parser.add_argument("action", choices=("list", "clear"), help="list the entries, or remove them all")
+    parser.add_argument("--cache-dir", help="cache directory (default: $SR_RUNTIME_CACHE or ~/.cache/sr_runtime)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = cache_root(args.cache_dir)
+    if args.action == "clear":
+        print(f"{PROG}: removed {clear(args.cache_dir)} entries from {root}")
+        return 0
+    rows = list_entries(args.cache_dir)
+    if not rows:
+        print(f"{PROG}: no entries in {root}")
+        return 0
+    for row in rows:
+        choice = (row.get("choice") or {}).get("name", "?")
+        state = "ok" if row["ok"] else f"CORRUPT ({row['problem']}; rebuilt on next use)"
+        print(f"{row['key']}  {row['bytes'] / 2**20:7.1f} MiB  {state:4}  {choice:28}  {row.get('model') or ''}")
+    print(f"{len(rows)} entries in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
