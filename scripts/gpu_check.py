@@ -38,6 +38,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,27 +91,45 @@ def has_module(name: str) -> bool:
 class Runner:
     """Runs one step's commands: each time-boxed, logged to ``logs/<step>.log``, recorded in the step."""
 
-    def __init__(self, out: Path, env: dict[str, str]) -> None:
-        self.out, self.env = out, env
+    def __init__(self, out: Path, env: dict[str, str], deadline: float | None = None) -> None:
+        self.out, self.env, self.deadline = out, env, deadline
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def run(self, step: dict, label: str, cmd: list[str], timeout: float, cwd: Path = REPO) -> dict:
         start = time.monotonic()
+        cut = self.deadline is not None and self.deadline - start < timeout
+        if cut:  # --deadline-s: no command may outlive the whole invocation's limit
+            timeout = self.deadline - start
         log_path = self.out / "logs" / f"{step['name']}.log"
         with open(log_path, "a") as log:
             log.write(f"\n===== {label}: {shlex.join(cmd)} (timeout {timeout:.0f} s, {now()})\n")
-            log.flush()
-            try:
-                proc = subprocess.run(cmd, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, errors="replace", timeout=timeout)
-                rc, text, timed_out = proc.returncode, proc.stdout, False
-            except subprocess.TimeoutExpired as e:
-                out = e.stdout or b""
-                text = out.decode(errors="replace") if isinstance(out, bytes) else out
-                rc, timed_out = None, True
-                text += f"\n[gpu_check: timed out after {timeout:.0f} s, killed]\n"
-            except OSError as e:
-                rc, text, timed_out = None, f"cannot start: {e}", False
+        part = self.out / "logs" / f".{step['name']}.current"
+        rc, timed_out, note = None, False, ""
+        with open(part, "w") as sink:
+            if cut and timeout < 5:
+                timed_out, note = True, f"not started: only {timeout:.0f} s left before --deadline-s"
+            else:
+                try:  # its own session, so that a timeout kills the command's children too (compile workers)
+                    proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                except OSError as e:
+                    note = f"cannot start: {e}"
+                else:
+                    try:
+                        rc = proc.wait(timeout=timeout)
+                    except subprocess.TimeoutExpired:
+                        timed_out, note = True, f"timed out after {timeout:.0f} s, killed"
+                        try:
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        proc.wait()
+                    except BaseException:  # interrupted: take the command's process group down with us
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        raise
+        text = part.read_text(errors="replace") + (f"\n[gpu_check: {note}]\n" if note else "")
+        part.unlink()
+        with open(log_path, "a") as log:
             log.write(text)
         entry = {"label": label, "cmd": shlex.join(cmd), "rc": rc, "timed_out": timed_out,
                  "seconds": round(time.monotonic() - start, 2), "stdout_tail": tail(text, 1200)}
@@ -144,6 +163,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wheels", type=Path, default=None,
                    help="folder of wheels to install first (pip --no-index --no-deps --target SITE)")
     p.add_argument("--site", type=Path, default=Path("/tmp/gpu_check_site"), help="install target for --wheels")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="wall-clock limit of this whole invocation: each command's timeout is cut to what is left")
     p.add_argument("--python", default=sys.executable, help="interpreter for the steps (default: this one)")
     args = p.parse_args(argv)
     unknown = [s for s in args.steps.split(",") if s and s not in STEPS]
@@ -162,7 +183,7 @@ def budgets(args) -> dict:
     """Every size and time limit of the run, in one place (recorded in steps.json)."""
     if args.dry_run:
         return {
-            "tests_timeout": 90, "calib_steps": 2, "fixed_steps": 3, "train_timeout": 90,
+            "tests_timeout": 90, "calib_steps": 2, "fixed_steps": 3, "calib_timeout": 60, "train_timeout": 90,
             "log_every": 1, "eval_timeout": 60, "bench_sizes": "16x24", "bench_batch": "1,2",
             "bench_runs": 2, "bench_warmup": 0, "bench_row_s": 5, "bench_timeout": 120,
             "video_frames": 3, "video_size": "16x24", "extra_batch": "1", "extra_timeout": 90, "srrun_timeout": 60,
@@ -170,9 +191,9 @@ def budgets(args) -> dict:
         }
     return {
         # pytest of the marked files: collection + a few CUDA/compile tests
-        "tests_timeout": 240,
+        "tests_timeout": 180,
         # a 200-step calibration run (data load + cudnn autotune + warm steps), then the real run
-        "calib_steps": 200, "fixed_steps": None, "train_timeout": args.train_seconds + 180,
+        "calib_steps": 200, "fixed_steps": None, "calib_timeout": 150, "train_timeout": args.train_seconds + 150,
         "log_every": 50, "eval_timeout": 180,
         # the issue's rows: EDSR x4 at 270x480 -> 1080x1920, batch 1 and a throughput batch of 8
         "bench_sizes": "270x480", "bench_batch": "1,8", "bench_runs": 30, "bench_warmup": 5,
@@ -220,12 +241,17 @@ def setup(args) -> tuple[dict, dict]:
     paths = [str(REPO)]
     if args.wheels is not None:
         wheels = sorted(Path(args.wheels).glob("*.whl"))
-        if wheels:
+        marker = args.site / ".gpu_check_wheels"
+        if wheels and marker.is_file() and marker.read_text() == "\n".join(w.name for w in wheels):
+            info["wheels"] = {"installed": [w.name for w in wheels], "note": f"already in {args.site}"}
+        elif wheels:
             cmd = [args.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                    "--no-cache-dir", "--upgrade", "--target", str(args.site), *map(str, wheels)]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             info["wheels"] = {"installed": [w.name for w in wheels], "rc": proc.returncode,
                               "output": tail(proc.stdout, 800)}
+            if proc.returncode == 0:
+                marker.write_text("\n".join(w.name for w in wheels))
         else:
             info["wheels"] = {"installed": [], "note": f"no *.whl in {args.wheels}"}
     if args.site.is_dir():
@@ -354,7 +380,7 @@ def step_train(step, args, ctx) -> None:
     step["budget_s"] = args.train_seconds
     calib = b["calib_steps"]
     entry = run.run(step, "calibrate", _train_cmd(args, ctx, runs, "calibrate", {
-        "steps": calib, "log_every": b["log_every"], "val_every": calib, "ckpt_every": calib}), b["train_timeout"])
+        "steps": calib, "log_every": b["log_every"], "val_every": calib, "ckpt_every": calib}), b["calib_timeout"])
     rate = None
     if ok(entry) and (runs / "calibrate" / "log.csv").is_file():
         rate = steps_per_second(read_log(runs / "calibrate" / "log.csv"))
@@ -656,7 +682,8 @@ def main(argv=None) -> int:
         if args.dry_run:
             make_dry_data(args.data, args.python, env)
     args.data = args.data.resolve()
-    ctx = {"budgets": budgets(args), "runner": Runner(args.out, env), "info": info, "data": args.data,
+    deadline = time.monotonic() + args.deadline_s - 10 if args.deadline_s else None  # 10 s for the summary
+    ctx = {"budgets": budgets(args), "runner": Runner(args.out, env, deadline), "info": info, "data": args.data,
            "device": args.device}
     info.update(device=args.device, data=str(args.data), budgets=ctx["budgets"], injected_failures=sorted(inject))
     record["machine"] = info

@@ -67,6 +67,10 @@ def test_a_step_that_outlives_its_timeout_is_recorded_as_timed_out(tmp_path):
     assert entry["seconds"] < 20
     assert "timed out after 2 s" in step["stdout_tail"]
     assert "sleep" in (tmp_path / "logs" / "slow.log").read_text()
+    # --deadline-s: a command that would start with almost no time left is not started at all
+    late = gc.Runner(tmp_path, dict(os.environ), deadline=gc.time.monotonic() + 1)
+    entry = late.run(step, "late", [sys.executable, "-c", "print('ran')"], timeout=60)
+    assert entry["timed_out"] and entry["rc"] is None and "not started" in entry["stdout_tail"]
 
 
 def test_junit_parsing_and_training_rate(tmp_path):
