@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -79,13 +78,6 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
-
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 class Runner:
@@ -187,7 +179,7 @@ def budgets(args) -> dict:
             "log_every": 1, "eval_timeout": 60, "bench_sizes": "16x24", "bench_batch": "1,2",
             "bench_runs": 2, "bench_warmup": 0, "bench_row_s": 5, "bench_timeout": 120,
             "video_frames": 3, "video_size": "16x24", "extra_batch": "1", "extra_timeout": 90, "srrun_timeout": 60,
-            "backends": "torch", "precisions": "fp32",
+            "backends": "torch,onnxruntime", "precisions": "fp32,fp16",
         }
     return {
         # pytest of the marked files: collection + a few CUDA/compile tests
@@ -266,7 +258,12 @@ def setup(args) -> tuple[dict, dict]:
         "if torch.cuda.is_available():\n"
         "    d['gpu'] = torch.cuda.get_device_name(0)\n"
         "    d['gpu_mem_gib'] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)\n"
-        "d['packages'] = {m: u.find_spec(m) is not None for m in "
+        "def have(m):\n"
+        "    try:\n"
+        "        return u.find_spec(m) is not None\n"
+        "    except (ImportError, ValueError):\n"
+        "        return False\n"
+        "d['packages'] = {m: have(m) for m in "
         "('av', 'onnx', 'onnxruntime', 'onnxslim', 'onnxconverter_common', 'tensorrt', 'pytest', 'skimage')}\n"
         "try:\n"
         "    import onnxruntime as ort; d['ort_providers'] = ort.get_available_providers()\n"
@@ -510,7 +507,7 @@ def step_bench(step, args, ctx) -> None:
         skipped.append({"row": "video (sr-bench)", "reason": "PyAV (av) is not installed: carry its wheel"})
     else:
         cmd += ["--video", str(clip) if clip.is_file() else "synthetic", "--video-frames", str(b["video_frames"]),
-                "--video-forms", "all"]
+                "--video-forms", "first"]  # torch FP32: the default path's form
         if b["video_size"]:
             cmd += ["--video-size", b["video_size"]]
     entry = run.run(step, "sr-bench", cmd, b["bench_timeout"])
