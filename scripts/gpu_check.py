@@ -371,10 +371,11 @@ def step_train(step, args, ctx) -> None:
     if runs.exists():
         shutil.rmtree(runs)
     runs.mkdir(parents=True)
+    for name in ("best.safetensors", "log.csv", "config.yaml"):  # never report an earlier invocation's run
+        (d / name).unlink(missing_ok=True)
     step["data"] = [s for s in ("T91", "BSD200") if (ctx["data"] / s).is_dir()]
     step["val"] = "Set5" if (ctx["data"] / "Set5").is_dir() else "scikit-image astronaut (no Set5)"
     step["recipe"] = dict(DRY_RECIPE if args.dry_run else RECIPE)
-    step["budget_s"] = args.train_seconds
     calib = b["calib_steps"]
     entry = run.run(step, "calibrate", _train_cmd(args, ctx, runs, "calibrate", {
         "steps": calib, "log_every": b["log_every"], "val_every": calib, "ckpt_every": calib}), b["calib_timeout"])
@@ -382,17 +383,26 @@ def step_train(step, args, ctx) -> None:
     if ok(entry) and (runs / "calibrate" / "log.csv").is_file():
         rate = steps_per_second(read_log(runs / "calibrate" / "log.csv"))
     step["calibrated_steps_per_s"] = rate
+    budget = args.train_seconds
+    deadline = run.deadline
+    if deadline is not None and not args.dry_run:
+        # what --deadline-s leaves, less ~100 s for start-up, data load, validations and the last save
+        left = deadline - time.monotonic() - 100
+        if left < budget:
+            budget = max(30.0, left)
+            step["budget_note"] = f"cut from {args.train_seconds:.0f} s to {budget:.0f} s to end before --deadline-s"
+    step["budget_s"] = round(budget, 1)
     if b["fixed_steps"]:
         steps = b["fixed_steps"]
     elif rate:
-        steps = max(100, int(rate * args.train_seconds * 0.97))  # ~3% for the periodic validations
+        steps = max(100, int(rate * budget * 0.97))  # ~3% for the periodic validations
     else:
         steps = 20000  # calibration failed: the time limit below still ends the run on time
     val_every = steps // 8 if steps >= 16 else max(1, steps // 2)
     step["planned_steps"] = steps
     entry = run.run(step, "train", _train_cmd(args, ctx, runs, "edsr_x4", {
         "steps": steps, "log_every": b["log_every"], "val_every": val_every, "ckpt_every": val_every,
-        "time_limit_min": round(args.train_seconds * 1.05 / 60, 3)}), b["train_timeout"])
+        "time_limit_min": round(budget * 1.05 / 60, 3)}), b["train_timeout"])
     run_dir = runs / "edsr_x4"
     for name in ("best.safetensors", "log.csv", "config.yaml"):
         if (run_dir / name).is_file():
@@ -415,6 +425,8 @@ def step_train(step, args, ctx) -> None:
         step["status"] = "ok"
     else:
         step["status"] = "failed"
+        if (d / "best.safetensors").is_file():
+            step["reason"] = "training did not finish; eval and bench use its best checkpoint so far"
     shutil.rmtree(runs, ignore_errors=True)  # last.pt etc.: the checkpoint and the log are copied above
 
 
@@ -608,7 +620,7 @@ def render_summary(record: dict) -> str:
         bv = tr.get("best_val") or {}
         lines += ["", "## 2. train EDSR x4", "",
                   f"data {' + '.join(tr.get('data', [])) or 'scikit-image photos'}, validation {tr.get('val')}; "
-                  f"budget {tr.get('budget_s')} s; recipe "
+                  f"budget {tr.get('budget_s')} s {('(' + tr['budget_note'] + ')') if tr.get('budget_note') else ''}; recipe "
                   + ", ".join(f"{k}={v}" for k, v in tr.get("recipe", {}).items()),
                   f"calibrated {_f(tr.get('calibrated_steps_per_s'))} steps/s -> planned {tr.get('planned_steps')} "
                   f"steps; done {tr.get('steps_done')} steps in {_f(tr.get('train_seconds'), '{:.0f}')} s "
