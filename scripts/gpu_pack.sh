@@ -4,7 +4,7 @@
 #
 #   bash scripts/gpu_pack.sh                 # T91 BSD200 Set5 Set14 BSD100 video + av, onnxslim, onnxconverter-common
 #   bash scripts/gpu_pack.sh --no-bsd100     # one chunk fewer (BSD100 is 27 MB); sr-eval then skips BSD100
-#   bash scripts/gpu_pack.sh --ort-gpu       # + onnxruntime-gpu (255 MB: five more calls; built for CUDA 12)
+#   bash scripts/gpu_pack.sh --ort-gpu       # + onnxruntime-gpu (255.6 MB: five more calls; PyPI's build likely CUDA 12)
 #
 # Writes gpu_carry/c0 ... gpu_carry/cN (ignored by git), each one part of one tar plus unpack.sh.
 # Then, with no pause between the calls (the machine goes back after ~30 s idle), one device call per
