@@ -15,7 +15,7 @@ VAL ?= $(wildcard ../shared/data/Set5)
 INPUT ?=
 ARGS ?=
 
-.PHONY: setup demo test train eval export run bench lint clean
+.PHONY: setup demo test train eval export run bench lint clean gpu-check gpu-check-dry gpu-pack
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ run: setup
 
 bench: setup
 	$(BIN)/sr-bench --quick --out bench_out $(ARGS)
+
+# The prepared GPU run (issue 17; README "GPU check"). No setup dependency: the GPU machine has torch
+# but nothing installed from this project, and no index to install from.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) scripts/gpu_check.py --out gpu_out $(ARGS)
+
+gpu-check-dry:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) scripts/gpu_check.py --dry-run --out gpu_out_dry $(ARGS)
+
+gpu-pack:
+	PYTHON=$(GPU_PYTHON) bash scripts/gpu_pack.sh $(ARGS)
 
 lint: setup
 	$(BIN)/python -m ruff check . || echo "ruff not installed: pip install ruff"
