@@ -389,6 +389,9 @@ def _video(results, mut, forms, arts, workdir, args) -> None:
     try:
         clip, label = make_clip(None if source == "synthetic" else source, args.video_frames, workdir,
                                 size=args.video_size)
+    except ImportError as e:  # PyAV missing (machines that bring their own torch): no video rows, not no rows
+        results["skipped"].append({"stage": "video", "reason": f"PyAV is not importable ({e}); pip install av"})
+        return
     except (SRError, OSError) as e:
         results["skipped"].append({"stage": "video", "reason": f"cannot make the clip from {source}: {e}"})
         return
