@@ -48,9 +48,10 @@ class Form:
     """One deployed form of a model."""
 
     backend: str
-    """torch | onnxruntime | tensorrt"""
+    """torch | onnxruntime | tensorrt | default (the runtime's automatic fast path; rows then say
+    ``default:<backend it chose>``)"""
     precision: str
-    """fp32 | fp16"""
+    """fp32 | fp16 | bf16 (auto for the default path until it has chosen)"""
     device: str
     """cpu | cuda"""
 
@@ -196,7 +197,7 @@ def export_artifacts(
     """
     forms = list(forms)
     arts = Artifacts()
-    need = {(f.backend, f.precision) for f in forms if f.backend != "torch"}
+    need = {(f.backend, f.precision) for f in forms if f.backend not in ("torch", "default")}
     if not need:
         return arts
     engine_precisions = {p for b, p in need if b == "tensorrt"}
@@ -260,6 +261,14 @@ def _skip(stage: str, mut: ModelUnderTest, backend: str | None, precision: str |
 def open_backend(mut: ModelUnderTest, form: Form, artifacts: Artifacts, *, threads: int | None = None):
     """Create the runtime backend for ``form``; raises BackendUnavailableError when it cannot run here."""
     device = form.device
+    if form.backend == "default":
+        # The runtime's default path: the fastest parity-checked form for this machine, built and
+        # cached by sr_runtime.accel (as sr-run and Upscaler do with backend="auto").
+        from sr_runtime.accel import accelerated_backend
+        from sr_runtime.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(mut.checkpoint)
+        return accelerated_backend(mut.checkpoint, ckpt, device=device, precision=None, source=mut.source)
     if form.backend == "torch":
         from sr_runtime.backends.torch import TorchBackend
 
@@ -447,7 +456,7 @@ def bench_model(
     del ref_model
 
     for form in forms:
-        if form.backend != "torch" and (form.backend, form.precision) not in arts.files:
+        if form.backend not in ("torch", "default") and (form.backend, form.precision) not in arts.files:
             if not any(s["backend"] == form.backend and s["precision"] == form.precision for s in skipped):
                 skipped.append(_skip("latency", mut, form.backend, form.precision, "no artifact"))
             continue
@@ -460,6 +469,8 @@ def bench_model(
             continue
         build_s = time.perf_counter() - start
         export_s = arts.export_s.get((form.backend, form.precision))
+        if form.backend == "default":  # rows name the form it chose, e.g. "default:onnxruntime"
+            form = Form(f"default:{backend.name}", backend.precision, form.device)
         with backend:
             log.info("%s x%d: %s (built in %.2f s)", mut.model, mut.scale, backend.describe(), build_s)
             try:

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=lambda s: [_parse_hw(v) for v in _csv(s)], help="LR input sizes HxW, e.g. 128x128,270x480")
     p.add_argument("--limit", action="append", metavar="MODEL=HxW",
                    help="largest input size for one model (repeatable), e.g. edsr=270x480")
-    p.add_argument("--backends", type=_csv, help="torch,onnxruntime,tensorrt")
+    p.add_argument("--backends", type=_csv, help="torch,onnxruntime,tensorrt,default (default: the runtime's "
+                   "automatic fast path, side by side with the others)")
     p.add_argument("--precisions", type=_csv, help="fp32,fp16")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
     p.add_argument("--batch", type=lambda s: [int(v) for v in _csv(s)], help="batch sizes, e.g. 1,4")
@@ -179,8 +180,8 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         if prec not in ("fp32", "fp16"):
             raise SystemExit(f"sr-bench: error: precision {prec!r}; valid: fp32, fp16")
     for backend in args.backends:
-        if backend not in ("torch", "onnxruntime", "tensorrt"):
-            raise SystemExit(f"sr-bench: error: backend {backend!r}; valid: torch, onnxruntime, tensorrt")
+        if backend not in ("torch", "onnxruntime", "tensorrt", "default"):
+            raise SystemExit(f"sr-bench: error: backend {backend!r}; valid: torch, onnxruntime, tensorrt, default")
     return args
 
 
@@ -195,7 +196,10 @@ def _device(requested: str | None) -> str:
 def _forms(args, device: str):
     from benchmarks.bench_backends import Form
 
-    return [Form(b, p, device) for b in args.backends for p in args.precisions]
+    forms = [Form(b, p, device) for b in args.backends if b != "default" for p in args.precisions]
+    if "default" in args.backends:  # one form: the default path picks its own precision
+        forms.append(Form("default", "auto", device))
+    return forms
 
 
 def _unavailable(form, device: str) -> str | None:

@@ -134,7 +134,7 @@ def validate_results(data: dict[str, Any]) -> None:
             extra = [f for f in row if f not in fields]
             if missing or extra:
                 raise ValueError(f"{section}[{i}]: missing fields {missing}, unexpected fields {extra}")
-            if not isinstance(row["scale"], int) or row["precision"] not in ("fp32", "fp16"):
+            if not isinstance(row["scale"], int) or row["precision"] not in ("fp32", "fp16", "bf16"):
                 raise ValueError(f"{section}[{i}]: bad scale/precision {row['scale']!r}/{row['precision']!r}")
     for i, row in enumerate(data["latency"]):
         for key in ("p50_ms", "p95_ms", "p99_ms", "fps"):
@@ -196,6 +196,22 @@ def _environment_md(env: dict[str, Any]) -> str:
         f"{env.get('timestamp_utc')}",
     ]
     return "\n".join(lines)
+
+
+def _default_path_rows(lat: list[dict[str, Any]]) -> list[list[Any]]:
+    def key(r):
+        return (r["model"], r["scale"], r["input_h"], r["input_w"], r["batch"], r["device"])
+
+    torch_rows = {key(r): r for r in lat if r["backend"] == "torch" and r["precision"] == "fp32"}
+    rows = []
+    for r in lat:
+        ref = torch_rows.get(key(r))
+        if not r["backend"].startswith("default") or ref is None:
+            continue
+        rows.append([r["model"] + _weights_note(r), f"x{r['scale']}", f"{r['input_h']}x{r['input_w']}", r["batch"],
+                     r["device"], f"{r['backend'].split(':', 1)[-1]} {r['precision']}", _fmt(ref["p50_ms"], 1),
+                     _fmt(r["p50_ms"], 1), f"{ref['p50_ms'] / r['p50_ms']:.2f}x", _fmt(r["build_s"], 1)])
+    return rows
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -267,6 +283,20 @@ def render_markdown(data: dict[str, Any]) -> str:
             )
         )
         out.append("")
+
+    default_rows = _default_path_rows(lat)
+    if default_rows:
+        out += [
+            "## Default path",
+            "",
+            "The runtime's default (`sr-run`, `Upscaler` with backend auto: the fastest parity-checked form, built "
+            "once and cached) against PyTorch FP32 eager on the same inputs, in this run. Build s: the default "
+            "path's first start (export, parity gate and probe on a cold cache; a cache hit is well under a second).",
+            "",
+            _table(["model", "scale", "input HxW", "batch", "device", "default form", "torch FP32 p50 ms",
+                    "default p50 ms", "speed-up", "build s"], default_rows),
+            "",
+        ]
 
     par = data["parity"]
     if par:
