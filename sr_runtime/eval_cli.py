@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: cpu)")
     parser.add_argument("--runs-dir", default="runs", help="where to look for trained models (default: runs)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch"),
+                        help="auto: the form sr-run uses (fastest parity-checked, cached); torch: PyTorch eager "
+                             "(default: auto)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), help="fp32 forces full precision on the default path")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each image to stderr")
     return parser
 
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, method, checkpoint = None, "bicubic", None
         if args.model:
-            model, method, checkpoint = load_model(args.model, args.scale, device=args.device, runs_dir=args.runs_dir)
+            model, method, checkpoint = load_model(args.model, args.scale, device=args.device, runs_dir=args.runs_dir,
+                                                   backend=args.backend, precision=args.precision)
         result = evaluate_folder(
             args.data_dir,
             args.scale,

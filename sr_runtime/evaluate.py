@@ -194,12 +194,21 @@ def evaluate_folder(
 
 
 def load_model(
-    model: str, scale: int, *, device: str | torch.device = "cpu", runs_dir: str | os.PathLike = "runs"
+    model: str,
+    scale: int,
+    *,
+    device: str | torch.device = "cpu",
+    runs_dir: str | os.PathLike = "runs",
+    backend: str = "torch",
+    precision: str | None = None,
 ) -> tuple[SRModel, str, Path]:
     """Resolve ``model`` (checkpoint path or registry name, see :func:`sr_runtime.zoo.resolve_checkpoint`)
-    into ``(DeployModel in eval mode on device, description, checkpoint path)``.
+    into ``(callable RGB -> RGB on device, description, checkpoint path)``.
 
-    Raises InputError / CheckpointError / UnsupportedArchError / UnsupportedScaleError.
+    ``backend="torch"``: the DeployModel in PyTorch at FP32 (the reference). ``backend="auto"``: the
+    runtime's default path, the form ``sr-run`` uses (:mod:`sr_runtime.accel`), so its quality can
+    be compared with the reference. Raises InputError / CheckpointError / UnsupportedArchError /
+    UnsupportedScaleError / BackendUnavailableError.
     """
     from sr_runtime.checkpoint import load_checkpoint  # imports the architectures: only when a model is used
     from sr_runtime.deploy import DeployModel
@@ -207,6 +216,18 @@ def load_model(
 
     device = _device(device)
     path, how = resolve_checkpoint(model, scale, runs_dir=runs_dir)
+    if backend != "torch" or precision not in (None, "fp32"):
+        from sr_runtime.backends import create_backend
+
+        runner = create_backend(path, scale=scale, backend=backend, device=str(device), precision=precision)
+        log.info("evaluating %s", runner.describe())
+
+        def run(lr: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return runner.run(lr.to(runner.device, runner.input_dtype)).to(lr.dtype)
+
+        run.spec = runner.spec  # read by _run_model for the multiple-of padding
+        return run, f"{path.stem} ({how}) on {runner.describe()}", path
     ckpt = load_checkpoint(path, scale=scale, device=device)
     log.info("evaluating %s x%d from %s", ckpt.arch, ckpt.scale, how)
     return DeployModel(ckpt.model, ckpt.spec).to(device).eval(), f"{ckpt.name} ({how})", path

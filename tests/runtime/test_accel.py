@@ -229,3 +229,23 @@ def test_sr_cache_lists_and_clears(built_cache, capsys):
     assert main(["clear", "--cache-dir", str(copy)]) == 0
     assert "removed 1" in capsys.readouterr().out
     assert [p for p in copy.iterdir() if p.is_dir()] == []
+
+
+def test_sr_eval_through_the_default_path_matches_torch(built_cache, monkeypatch, tmp_path, photo_rgb_u8, capsys):
+    from PIL import Image
+
+    from sr_runtime.eval_cli import main
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    for i, (y, x) in enumerate([(100, 100), (250, 300)]):
+        Image.fromarray(np.ascontiguousarray(photo_rgb_u8[y : y + 96, x : x + 120])).save(folder / f"{i}.png")
+    monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
+    monkeypatch.setenv("SR_RUNTIME_CACHE", str(built_cache))
+    scores = {}
+    for backend in ("auto", "torch"):
+        assert main([str(folder), "--scale", "2", "--model", "fsrcnn", "--backend", backend, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        scores[backend] = out["psnr"]
+        assert ("onnxruntime" in out["method"]) == (backend == "auto")
+    assert abs(scores["auto"] - scores["torch"]) <= accel.QUALITY_TOLERANCE_DB
