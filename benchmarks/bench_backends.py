@@ -167,7 +167,7 @@ class Artifacts:
 
 
 def _export(mut: ModelUnderTest, out: Path, *, fp16: bool, engine: bool, profile: dict[str, Any] | None):
-    from sr_export.cli import ExportRequest, run_export
+    from sr_export.pipeline import ExportRequest, run_export
 
     req = ExportRequest(
         model=str(mut.checkpoint),
@@ -188,7 +188,7 @@ def export_artifacts(
     *,
     profile: dict[str, Any] | None = None,
 ) -> Artifacts:
-    """Export what ``forms`` need with ``sr_export.cli.run_export`` (the ``sr-export`` code path,
+    """Export what ``forms`` need with ``sr_export.pipeline.run_export`` (the ``sr-export`` code path,
     parity gates included) into ``workdir``.
 
     ``profile``: ExportRequest shape fields (``min_shape``, ``opt_shape``, ``max_shape``, ``batch``)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from skimage import data
 
-from sr_export import cli
+from sr_export import cli, pipeline
 from sr_export import tensorrt as trt_export
 from sr_export.manifest import sha256_file
 from sr_runtime.export.onnx import read_metadata
@@ -155,7 +155,7 @@ def test_an_interrupt_mid_export_leaves_nothing_under_exports(workdir, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "slim_onnx", interrupted)
+    monkeypatch.setattr(pipeline, "slim_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.run_export(cli.ExportRequest(model="fsrcnn", formats=("onnx",), parity_dir=None))
     assert _leftovers(workdir / "exports") == []
@@ -170,7 +170,7 @@ def test_a_failing_step_keeps_the_previous_export_intact(workdir, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cli, "set_metadata", broken)
+    monkeypatch.setattr(pipeline, "set_metadata", broken)
     with pytest.raises(RuntimeError):
         cli.run_export(cli.ExportRequest(model="fsrcnn", formats=("onnx",), slim=False, parity_dir=None))
     assert {p.name: p.read_bytes() for p in first.out_dir.iterdir()} == before

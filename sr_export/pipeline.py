@@ -1,0 +1,414 @@
+"""The export pipeline behind ``sr-export``: checkpoint -> ONNX (FP32, FP16) -> TensorRT engine,
+verifying after every step.
+
+Every artifact is run on real images at an odd and a large size and compared with PyTorch FP32
+(see :mod:`sr_runtime.export.verify`); below the tolerance the export fails. The ONNX artifacts and the
+manifest are built in a temporary directory beside the target and renamed into place at the end,
+so nothing half-written is left under ``exports/``; the engine follows in a second phase, so a
+machine without TensorRT still gets its ONNX files before ``--format engine`` fails.
+
+:func:`run_export` is the library entry point; ``sr_export.cli`` parses arguments and calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from sr_export import tensorrt as trt_export
+from sr_export.fp16 import convert_fp16
+from sr_export.manifest import Manifest, read_manifest, sha256_file, write_manifest
+from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, export_onnx, io_description, set_metadata, slim_onnx
+from sr_export.profile import ShapeProfile, default_profile, format_hw
+from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
+from sr_runtime.atomic import current_umask
+from sr_runtime.checkpoint import load_checkpoint
+from sr_runtime.deploy import DeployModel
+from sr_runtime.errors import ConfigError
+from sr_runtime.zoo import resolve_checkpoint
+
+__all__ = ["ExportRequest", "ExportResult", "run_export", "FORMATS", "DEFAULT_SCALE"]
+
+log = logging.getLogger("sr_export")
+
+FORMATS = ("onnx", "engine")
+DEFAULT_SCALE = 4
+"""Scale used with a model *name* when --scale is not given (a checkpoint path knows its own)."""
+
+
+def _default_parity_dir() -> Path | None:
+    """Set5 in the shared data folder beside the checkout, when it is there."""
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "Set5"
+    return candidate if candidate.is_dir() else None
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything one export needs; :func:`build_parser`'s options map one to one onto it."""
+
+    model: str
+    """Registry name (resolved via runs/ then shipped weights) or a checkpoint path."""
+    scale: int | None = None
+    formats: tuple[str, ...] | None = None
+    """Subset of FORMATS; None: onnx, plus engine when TensorRT is importable. ONNX is always written."""
+    fp16: bool = False
+    fp16_io: bool = False
+    out: Path | None = None
+    """Export directory; default exports/<name>_x<scale>."""
+    opset: int = DEFAULT_OPSET
+    batch: int = 1
+    min_shape: tuple[int, int] | None = None
+    opt_shape: tuple[int, int] | None = None
+    max_shape: tuple[int, int] | None = None
+    workspace_gib: float = 4.0
+    runs_dir: Path = Path("runs")
+    cache_dir: Path | None = None
+    """TensorRT timing cache and engine cache; default ~/.cache/sr-export."""
+    slim: bool = True
+    parity_dir: Path | None = field(default_factory=_default_parity_dir)
+    """Extra parity images (PNG folder, e.g. Set5); scikit-image samples are always used."""
+    trace_size: tuple[int, int] = (32, 32)
+    odd_size: tuple[int, int] = (37, 53)
+    large_size: tuple[int, int] = (64, 96)
+    fp16_calibration_size: tuple[int, int] = (32, 48)
+
+    def command(
+        self, *, model_path: Path, scale: int, formats: Sequence[str], profile: ShapeProfile | None, out: Path
+    ) -> str:
+        """The sr-export command line that repeats this export exactly (explicit path and shapes)."""
+        args = ["sr-export", "--model", str(model_path.resolve()), "--scale", str(scale)]
+        if self.fp16:
+            args.append("--fp16")
+        if self.fp16_io:
+            args.append("--fp16-io")
+        args += ["--format", ",".join(formats), "--out", str(out), "--opset", str(self.opset)]
+        if profile is not None:
+            args += [
+                "--batch",
+                str(profile.batch[2]),
+                "--min-shape",
+                format_hw(profile.min),
+                "--opt-shape",
+                format_hw(profile.opt),
+                "--max-shape",
+                format_hw(profile.max),
+                "--workspace",
+                f"{self.workspace_gib:g}",
+            ]
+        if not self.slim:
+            args.append("--no-slim")
+        return shlex.join(args)
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict
+    files: list[Path]
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = time.perf_counter() - start
+
+
+@contextmanager
+def _staging_dir(target: Path, tag: str) -> Iterator[Path]:
+    """A fresh directory ``.<target>.<tag>-XXXX`` beside ``target``, removed on exit whatever happens."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is an ordinary directory
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _commit_dir(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; an existing ``target`` is swapped out first, then removed."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(target, old)
+        log.info("replacing the previous export in %s", target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_name(meta: dict, arch: str, scale: int) -> str:
+    base = str(meta.get("name") or arch)
+    suffix = f"_x{scale}"
+    if base.endswith(suffix):
+        base = base[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or arch
+
+
+def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:
+    if formats is None:
+        if trt_export.tensorrt_available():
+            return FORMATS
+        log.warning("engine: skipped, TensorRT is not installed (pip install tensorrt, or the .[trt] extra)")
+        return ("onnx",)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(
+            f"--format: unknown format {unknown or formats}; valid: {','.join(FORMATS)} (comma-separated)"
+        )
+    return tuple(f for f in FORMATS if f in formats or f == "onnx")
+
+
+def _fit_profile(req: ExportRequest, spec, profile: ShapeProfile, onnx_path: Path | None) -> ShapeProfile:
+    """Check the element limit; a *default* max shape too large for the model is lowered (and logged)."""
+    for _ in range(4):
+        try:
+            trt_export.check_element_limit(spec, profile, onnx_path=onnx_path)
+            return profile
+        except ConfigError:
+            if req.max_shape is not None:
+                raise
+            widest = trt_export.max_shape_tensors(spec, profile, onnx_path=onnx_path)[0]
+            new_max = profile.scaled_max((trt_export.TRT_ELEMENT_LIMIT / widest.elements) ** 0.5 * 0.999, spec)
+            new_opt = (min(profile.opt[0], new_max[0]), min(profile.opt[1], new_max[1]))
+            log.warning(
+                "profile: the default max shape %s puts %s elements in tensor %r, over TensorRT's limit; "
+                "using max %s (tile larger inputs, or pass --max-shape)",
+                format_hw(profile.max),
+                f"{widest.elements:,}",
+                widest.name,
+                format_hw(new_max),
+            )
+            profile = replace(profile, max=new_max, opt=new_opt)
+    trt_export.check_element_limit(spec, profile, onnx_path=onnx_path)
+    return profile
+
+
+def _parity_summary(rows: list[ParityRow]) -> dict:
+    worst = min(rows, key=lambda r: r.psnr_db)
+    return {
+        "images": len(rows),
+        "min_psnr_db": worst.to_dict()["psnr_db"],
+        "max_abs_levels": round(max(r.max_abs_levels for r in rows), 4),
+        "nonfinite": sum(r.nonfinite for r in rows),
+        "sizes": sorted({r.size for r in rows}),
+    }
+
+
+def run_export(req: ExportRequest) -> ExportResult:
+    """Export ``req.model`` to ONNX (and FP16 ONNX, and a TensorRT engine), verifying every artifact.
+
+    Raises the typed errors of :mod:`sr_runtime.errors`: InputError/CheckpointError for the model,
+    ConfigError for options, ParityError when an artifact misses its tolerance, ExportError when a
+    step fails, BackendUnavailableError when TensorRT (or another tool) is missing -- the engine
+    check comes after the ONNX artifacts are in place.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if req.fp16_io and not req.fp16:
+        raise ConfigError("--fp16-io selects FP16 input/output of the FP16 model; add --fp16")
+    formats = _resolve_formats(req.formats)
+    scale = req.scale
+    if scale is None and not Path(req.model).suffix and not Path(req.model).exists():
+        scale = DEFAULT_SCALE
+        log.info("scale: %d (default; pass --scale for another)", scale)
+
+    with _timed(timings, "load"):
+        ckpt_path, how = resolve_checkpoint(req.model, scale, runs_dir=req.runs_dir)
+        log.info("model: %s", how)
+        ckpt = load_checkpoint(ckpt_path, scale=scale)
+        spec = ckpt.spec
+        deploy = DeployModel(ckpt.model, spec).eval()
+        source_sha = sha256_file(ckpt_path)
+    scale = ckpt.scale
+    name = _export_name(ckpt.meta, ckpt.arch, scale)
+    stem = f"{name}_x{scale}"
+    out_dir = Path(req.out) if req.out is not None else Path("exports") / stem
+
+    profile = None
+    if "engine" in formats:
+        profile = default_profile(
+            spec, min_hw=req.min_shape, opt_hw=req.opt_shape, max_hw=req.max_shape, batch=req.batch
+        )
+        profile = _fit_profile(req, spec, profile, None)
+    command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
+
+    trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
+    sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
+    if not any(h > trace[0] and w > trace[1] for h, w in sizes):
+        raise ConfigError(f"a parity size must exceed the trace size {format_hw(trace)}; got {sizes}")
+    cases = parity_cases(sizes, folder=req.parity_dir)
+    with _timed(timings, "reference_torch"), torch.no_grad():
+        reference = {id(c): deploy(torch.from_numpy(c.lr)).numpy() for c in cases}
+
+    manifest = Manifest(
+        name=name,
+        scale=scale,
+        command=command,
+        source={
+            "path": str(ckpt_path),
+            "resolved_as": how,
+            "sha256": source_sha,
+            "arch": ckpt.arch,
+            "hparams": ckpt.hparams,
+            "checkpoint_name": ckpt.meta.get("name"),
+            "metrics": ckpt.meta.get("metrics") or {},
+            "code_revision": ckpt.meta.get("code_revision"),
+        },
+        io={**io_description(), "io_spec": spec.to_dict(), "trace_size": format_hw(trace)},
+    )
+    base_meta = {
+        "name": name,
+        "scale": str(scale),
+        "arch": ckpt.arch,
+        "contract": {**io_description(), "io_spec": spec.to_dict()},
+        "io_spec": spec.to_dict(),
+        "source_checkpoint": ckpt_path.name,
+        "source_sha256": source_sha,
+    }
+
+    # Phase 1: the ONNX artifacts, staged beside the target and renamed into place at the end.
+    with _staging_dir(out_dir, "tmp") as tmp:
+        raw = tmp / f"{stem}.raw.onnx"
+        final32 = tmp / f"{stem}.onnx"
+        with _timed(timings, "export_onnx"):
+            export_onnx(deploy, raw, trace_size=trace, opset=req.opset)
+        with _timed(timings, "parity_onnx_raw"):
+            rows = check_parity(f"{raw.name} (ONNX Runtime CPU)", OnnxRunner(raw), reference, cases, precision="fp32")
+        manifest.parity += rows
+        if req.slim:
+            with _timed(timings, "slim"):
+                slim_onnx(raw, final32)
+            with _timed(timings, "parity_onnx"):
+                rows = check_parity(
+                    f"{final32.name} (ONNX Runtime CPU)", OnnxRunner(final32), reference, cases, precision="fp32"
+                )
+            manifest.parity += rows
+            raw.unlink()
+        else:
+            os.replace(raw, final32)
+        set_metadata(final32, {**base_meta, "precision": "fp32", "parity": _parity_summary(rows)})
+        check_onnx(final32)
+        manifest.add_file(final32, kind="onnx", precision="fp32")
+        artifacts = {"fp32": final32}
+
+        if req.fp16:
+            final16 = tmp / f"{stem}_fp16.onnx"
+            cal_h, cal_w = (align_size(v, spec) for v in req.fp16_calibration_size)
+            calibration = [c.lr for c in parity_cases([(cal_h, cal_w)], batch=1)]
+            with _timed(timings, "fp16_convert"):
+                result = convert_fp16(final32, final16, calibration=calibration, keep_io_fp32=not req.fp16_io)
+                check_onnx(final16)
+            with _timed(timings, "parity_onnx_fp16"):
+                rows = check_parity(
+                    f"{final16.name} (ONNX Runtime CPU)", OnnxRunner(final16), reference, cases, precision="fp16"
+                )
+            manifest.parity += rows
+            manifest.fp16 = result.to_dict()
+            set_metadata(
+                final16,
+                {
+                    **base_meta,
+                    "precision": "fp16",
+                    "io_dtype": "float16" if req.fp16_io else "float32",
+                    "parity": _parity_summary(rows),
+                },
+            )
+            manifest.add_file(final16, kind="onnx", precision="fp16")
+            artifacts["fp16"] = final16
+
+        manifest.profile = profile.to_dict() if profile is not None else None
+        timings["total"] = time.perf_counter() - t_start
+        manifest.timings_s = dict(timings)
+        write_manifest(tmp, manifest)
+        _commit_dir(tmp, out_dir)
+    log.info("onnx: wrote %s", ", ".join(str(out_dir / p.name) for p in artifacts.values()))
+    files = [out_dir / p.name for p in artifacts.values()]
+
+    # Phase 2: the engine. ONNX files are already in place, so a missing TensorRT costs nothing.
+    if "engine" in formats:
+        assert profile is not None
+        precision = "fp16" if req.fp16 else "fp32"
+        onnx_path = out_dir / artifacts[precision].name
+        trt_export.import_tensorrt()
+        profile = _fit_profile(req, spec, profile, onnx_path)
+        command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
+        engine_name = f"{stem}_fp16.engine" if req.fp16 else f"{stem}.engine"
+        with _staging_dir(out_dir, "engine-tmp") as tmp:
+            with _timed(timings, "engine_build"):
+                engine_path, record = trt_export.build_engine(
+                    onnx_path,
+                    tmp / engine_name,
+                    spec=spec,
+                    profile=profile,
+                    command=command,
+                    workspace_gib=req.workspace_gib,
+                    cache_dir=req.cache_dir,
+                )
+            with _timed(timings, "parity_engine"):
+                engine_cases, reference = _engine_cases(profile, cases, reference, deploy)
+                rows = check_parity(
+                    f"{engine_name} (TensorRT)",
+                    trt_export.TrtRunner(engine_path),
+                    reference,
+                    engine_cases,
+                    precision=precision,
+                )
+            sidecar = trt_export.sidecar_path(engine_path)
+            os.replace(engine_path, out_dir / engine_name)
+            os.replace(sidecar, out_dir / sidecar.name)
+        manifest.parity += rows
+        manifest.profile = profile.to_dict()
+        manifest.command = command
+        manifest.engine = {**record.to_dict(), "file": engine_name}
+        manifest.add_file(out_dir / engine_name, kind="engine", precision=precision)
+        manifest.add_file(out_dir / sidecar.name, kind="engine-sidecar")
+        timings["total"] = time.perf_counter() - t_start
+        manifest.timings_s = dict(timings)
+        write_manifest(out_dir, manifest)
+        files += [out_dir / engine_name, out_dir / sidecar.name]
+        log.info("engine: wrote %s", out_dir / engine_name)
+    return ExportResult(out_dir=out_dir, manifest=read_manifest(out_dir), files=files)
+
+
+def _engine_cases(profile: ShapeProfile, cases: list, reference: dict, deploy: DeployModel) -> tuple[list, dict]:
+    """The parity cases inside the engine's profile; when none is, crops at the profile's min and opt sizes."""
+    fitting = [c for c in cases if _fits(profile, c.lr.shape)]
+    if fitting:
+        return fitting, reference
+    # Crops must fit in the sample photos (the smallest is 300x451).
+    opt = (min(profile.opt[0], 256), min(profile.opt[1], 384))
+    sizes = [profile.min] + ([opt] if opt != profile.min and _fits(profile, (1, 3, *opt)) else [])
+    extra = parity_cases(sizes, batch=min(2, profile.batch[2]))
+    extra = [c for c in extra if _fits(profile, c.lr.shape)]
+    with torch.no_grad():
+        reference = {**reference, **{id(c): deploy(torch.from_numpy(c.lr)).numpy() for c in extra}}
+    return extra, reference
+
+
+def _fits(profile: ShapeProfile, shape: tuple[int, ...]) -> bool:
+    n, _, h, w = shape
+    return (
+        profile.batch[0] <= n <= profile.batch[2]
+        and profile.min[0] <= h <= profile.max[0]
+        and profile.min[1] <= w <= profile.max[1]
+    )
