@@ -42,17 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, help="upscaling factor (needed with a model name; read from model files)")
     p.add_argument(
         "--model",
-        help="model name (fsrcnn, edsr, ...), checkpoint .safetensors, .onnx or .engine "
+        help="model name (fsrcnn, edsr, ...), checkpoint .safetensors, .onnx, .engine or OpenVINO .xml "
         "(default: the best model shipped for --scale)",
     )
     p.add_argument("-o", "--output", help="output file (one input) or folder (default: beside each input)")
     g = p.add_argument_group("backend")
-    g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    g.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt", "openvino"))
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: the fastest available)")
     g.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), help="ONNX Runtime provider for .onnx models")
     prec = g.add_mutually_exclusive_group()
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="half precision (CUDA)")
     prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="single precision")
+    prec.add_argument(
+        "--bf16", dest="precision", action="store_const", const="bf16", help="bfloat16 (openvino backend, BF16 CPUs)"
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend)")
     g.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (torch backend, CUDA)")
     g.add_argument("--tile", type=int, help="tile side in input pixels; 0 turns tiling off (default: from free memory)")

@@ -7,7 +7,9 @@ What runs where (decided by what the user passes, never by silently switching):
 - an ``.onnx`` file runs on **onnxruntime** (provider ``cuda`` when this onnxruntime build has it
   and torch sees a GPU, else ``cpu``; the ``tensorrt`` provider only when asked for, since it
   builds an engine on first use);
-- an ``.engine`` (``.plan``, ``.trt``) file runs on **tensorrt**.
+- an ``.engine`` (``.plan``, ``.trt``) file runs on **tensorrt**;
+- an OpenVINO IR (``.xml`` + ``.bin``) runs on **openvino**, and so does an ``.onnx`` file with
+  ``backend="openvino"`` (CPU, FP32 or BF16 where the CPU has it).
 
 ``backend="auto"`` picks the backend implied by the file and the fastest device available for it
 (TensorRT engine > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU, among those
@@ -16,7 +18,7 @@ precision that cannot be honoured raises BackendUnavailableError listing what is
 runtime never exports a checkpoint on the fly (that is ``sr-export``'s job) and never falls back
 to CPU or FP32 on its own.
 
-``onnxruntime`` and ``tensorrt`` are imported only inside their backend modules.
+``onnxruntime``, ``tensorrt`` and ``openvino`` are imported only inside their backend modules.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -57,8 +59,17 @@ def _ort_providers() -> list[str]:
     return available_providers()
 
 
+def _ov_devices() -> list[str]:
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    from sr_runtime.backends.openvino import available_devices
+
+    return available_devices()
+
+
 def available_backends() -> dict[str, list[str]]:
-    """What can run here: ``{"torch": devices, "onnxruntime": providers, "tensorrt": devices}``.
+    """What can run here: ``{"torch": devices, "onnxruntime": providers, "tensorrt": devices,
+    "openvino": devices}``.
 
     An empty list means the backend is not usable (library missing, or no CUDA GPU for TensorRT).
     Does not import TensorRT.
@@ -70,6 +81,7 @@ def available_backends() -> dict[str, list[str]]:
         "torch": devices,
         "onnxruntime": _ort_providers(),
         "tensorrt": gpus if has_trt else [],
+        "openvino": _ov_devices(),
     }
 
 
@@ -78,12 +90,15 @@ def _describe_available() -> str:
 
 
 def model_kind(model: str | os.PathLike) -> str:
-    """``"engine"``, ``"onnx"`` or ``"checkpoint"`` (a ``.safetensors`` path or a model name), by suffix."""
+    """``"engine"``, ``"onnx"``, ``"ir"`` (OpenVINO ``.xml``) or ``"checkpoint"`` (a ``.safetensors``
+    path or a model name), by suffix."""
     suffix = Path(str(model)).suffix.lower()
     if suffix in ENGINE_SUFFIXES:
         return "engine"
     if suffix == ".onnx":
         return "onnx"
+    if suffix == ".xml":
+        return "ir"
     return "checkpoint"
 
 
@@ -106,14 +121,22 @@ def select_backend(
     """
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    runs_on = {"engine": "tensorrt", "onnx": "onnxruntime", "checkpoint": "torch"}[kind]
+    runs_on = {"engine": "tensorrt", "onnx": "onnxruntime", "ir": "openvino", "checkpoint": "torch"}[kind]
+    if backend == "openvino" and kind == "onnx":
+        runs_on = "openvino"
     if backend not in ("auto", runs_on):
         hints = {
             "onnxruntime": "export an ONNX file with `sr-export` and pass it as --model model.onnx",
             "tensorrt": "build an engine with `sr-export --format engine` and pass it as --model model.engine",
             "torch": "pass a checkpoint (.safetensors) or a model name as --model",
+            "openvino": "export an ONNX file with `sr-export` and pass it (or an OpenVINO IR .xml) as --model",
         }
-        what = {"engine": "a TensorRT engine", "onnx": "an ONNX file", "checkpoint": "a checkpoint or model name"}[kind]
+        what = {
+            "engine": "a TensorRT engine",
+            "onnx": "an ONNX file",
+            "ir": "an OpenVINO IR",
+            "checkpoint": "a checkpoint or model name",
+        }[kind]
         raise BackendUnavailableError(
             f"the {backend} backend cannot run {what} (that runs on the {runs_on} backend); {hints[backend]}"
         )
@@ -126,6 +149,20 @@ def select_backend(
         raise BackendUnavailableError(
             f"a TensorRT engine needs TensorRT and a CUDA GPU; available here: {_describe_available()}"
         )
+    if runs_on == "openvino":
+        from sr_runtime.backends.openvino import available_devices
+
+        ov_devices = available_devices()
+        if not ov_devices:
+            raise BackendUnavailableError(
+                "the openvino backend needs OpenVINO: pip install 'sr-runtime[openvino]'; "
+                f"available: {_describe_available()}"
+            )
+        if device is None:
+            return BackendChoice("openvino", "cpu", None, "OpenVINO runs on the CPU")
+        if device not in ov_devices:
+            raise BackendUnavailableError(f"the openvino backend runs on {', '.join(ov_devices)}, not {device!r}")
+        return BackendChoice("openvino", device, None, "OpenVINO; device as asked")
 
     if device is not None:
         dev = str(parse_device(device))  # raises for a device that is not here
@@ -196,7 +233,8 @@ def create_backend(
     ``cache_dir``, ``use_cache``); ``backend="torch"`` runs it eagerly in PyTorch. Setting the
     environment variable ``SR_RUNTIME_ACCEL=0`` turns the automatic forms off (as ``backend="torch"``).
 
-    ``precision``: None for the artifact's own (FP32 for checkpoints), or ``fp32``/``fp16``.
+    ``precision``: None for the artifact's own (FP32 for checkpoints), or ``fp32``/``fp16``; ``bf16``
+    on the openvino backend only (the automatic path picks BF16 itself where it passes the gate).
     ``compile``, ``cuda_graphs``, ``channels_last``: torch backend options (an error elsewhere).
     ``scale``: required with a model name; checked against the file otherwise.
     Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError.
@@ -207,6 +245,11 @@ def create_backend(
     choice = select_backend(kind, backend=backend, device=device, provider=provider)
     if choice.backend != "torch" and (compile or cuda_graphs):
         raise BackendUnavailableError("--compile and --cuda-graphs are torch backend options")
+    if precision == "bf16" and choice.backend != "openvino":
+        raise BackendUnavailableError(
+            f"bf16 runs on the openvino backend only (a CPU with BF16), not on {choice.backend}; "
+            f"pass an .onnx file with --backend openvino, or use --fp32"
+        )
     accelerate = choice.backend == "torch" and _accelerate(backend, precision, compile, cuda_graphs, channels_last)
     if not accelerate:
         log.info(
@@ -243,6 +286,10 @@ def create_backend(
         from sr_runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model, provider=choice.provider, device=choice.device, precision=precision, scale=scale)
+    if choice.backend == "openvino":
+        from sr_runtime.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(model, device=choice.device, precision=precision, scale=scale)
     from sr_runtime.backends.tensorrt import TensorRTBackend
 
     trt_backend = TensorRTBackend(model, device=choice.device, precision=precision)

@@ -23,7 +23,8 @@ from sr_runtime.spec import IOSpec
 
 __all__ = ["Backend", "ShapeLimits", "PRECISIONS", "parse_device", "torch_devices"]
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""Every precision some backend runs; each backend refuses those it cannot (bf16: OpenVINO on CPUs with BF16)."""
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ class TorchBackend(Backend):
         source: str = "",
     ) -> None:
         dev = parse_device(device)
+        if precision not in ("fp32", "fp16"):
+            raise BackendUnavailableError(
+                f"the torch backend runs fp32 or fp16 (CUDA), not {precision!r}; bf16 runs on --backend openvino"
+            )
         if precision == "fp16" and dev.type != "cuda":
             raise BackendUnavailableError(
                 f"fp16 is supported on CUDA devices only, {dev} was asked for; use --fp32 on CPU or --device cuda"
