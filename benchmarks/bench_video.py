@@ -121,6 +121,8 @@ def _encode_fps(frames: list[np.ndarray], workdir: Path, rate: Fraction) -> floa
 
 
 def _upscaler_model(mut: ModelUnderTest, form: Form, artifacts) -> tuple[str, dict[str, Any]]:
+    if form.backend.startswith("default"):  # the runtime's default path: what sr-run does
+        return str(mut.checkpoint), {"backend": "auto", "device": form.device}
     if form.backend == "torch":
         return str(mut.checkpoint), {"backend": "torch", "device": form.device, "precision": form.precision}
     path = artifacts.files.get((form.backend, form.precision))
@@ -155,6 +157,8 @@ def bench_video(
     with Upscaler(model, scale=mut.scale, tile=tile, **kw) as up:
         result = up.upscale_video(clip, dst, codec=PIPELINE_CODEC, crf=PIPELINE_CRF)
         backend = up.backend
+        if form.backend.startswith("default"):
+            form = Form(f"default:{backend.name}", backend.precision, form.device)
         sync = device_sync(str(backend.device))
         tensors = [
             torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None].to(backend.device).to(backend.input_dtype) / 255

@@ -345,6 +345,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
                 results["parity"] += parity
                 skipped += skips
                 measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
+                                                    or f.backend == "default" and r["backend"].startswith("default:")
                                                     for r in parity)]
                 if quality_dirs:
                     _quality(results, mut, measured, arts, quality_dirs, args)

@@ -53,6 +53,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(min_psnr_db=60.0),
     "fp16": Tolerance(min_psnr_db=45.0),
+    "bf16": Tolerance(min_psnr_db=45.0),
 }
 """Per-precision parity gate. FP32 differs from PyTorch only by summation order (> 100 dB in
 practice); FP16 keeps ~3 significant digits, so 45 dB (RMS error ~1.4 8-bit levels) is the bar."""

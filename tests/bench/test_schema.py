@@ -125,3 +125,21 @@ def test_validate_rejects_a_row_without_percentiles(tiny_run):
     del data["latency"][0]["p99_ms"]
     with pytest.raises(ValueError, match="p99_ms"):
         validate_results(data)
+
+
+def test_default_path_is_measured_beside_torch_eager(tmp_path):
+    """--backends torch,default: the runtime's automatic fast path (what sr-run uses) gets rows that
+    name the form it chose, parity against torch FP32, and a Default path table with the speed-up."""
+    rc = main([
+        "--models", "fsrcnn", "--scales", "2", "--sizes", "24x32", "--batch", "1", "--runs", "2", "--warmup", "0",
+        "--backends", "torch,default", "--precisions", "fp32", "--parity-size", "16x24", "--parity-images", "1",
+        "--no-quality", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path),
+    ])
+    assert rc == 0
+    data = _strict_json(tmp_path / "results.json")
+    validate_results(data)
+    (default,) = [r for r in data["latency"] if r["backend"].startswith("default:")]
+    assert default["backend"].split(":", 1)[1] in ("onnxruntime", "openvino", "torch")
+    assert default["parity_psnr_db"] is None or default["parity_psnr_db"] >= 45
+    report = (tmp_path / "report.md").read_text()
+    assert "## Default path" in report and default["backend"].split(":", 1)[1] in report.split("## Default path")[1]
