@@ -247,5 +247,6 @@ def test_sr_eval_through_the_default_path_matches_torch(built_cache, monkeypatch
         assert main([str(folder), "--scale", "2", "--model", "fsrcnn", "--backend", backend, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         scores[backend] = out["psnr"]
-        assert ("onnxruntime" in out["method"]) == (backend == "auto")
+        accelerated = "onnxruntime" in out["method"] or "openvino" in out["method"]
+        assert accelerated == (backend == "auto"), out["method"]
     assert abs(scores["auto"] - scores["torch"]) <= accel.QUALITY_TOLERANCE_DB
