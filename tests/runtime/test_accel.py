@@ -58,7 +58,7 @@ def test_default_checkpoint_runs_its_fastest_checked_form_and_caches_it(built_ca
     passed = [c for c in record["candidates"] if c["status"] == "passed"]
     assert record["choice"]["name"] == min(passed, key=lambda c: c["probe_ms"])["name"]
     assert all("cuda" not in c["name"] for c in record["candidates"])  # a CPU-only machine tries no GPU form
-    assert record["speedup_vs_torch_fp32"] > 1
+    assert record["speedup_vs_torch_fp32"] >= 1
     # Second run: a cache hit, no export.
     monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
     monkeypatch.setenv("SR_RUNTIME_CACHE", str(built_cache))
