@@ -114,25 +114,31 @@ def test_model_kind_and_load_checkpoint_route_community_files(files):
     assert ckpt.spec.receptive_radius == 21
 
 
-@pytest.mark.parametrize("key, width", [("x4", 104), ("x2", 168), ("compact", 104)])
-def test_tiled_equals_whole_with_the_default_overlap(files, photo_rgb_u8, signal, key, width):
-    """Several tiles with the default overlap give the whole-image output within one level; for x2plus
-    the overlap is the capped MAX_RADIUS, not the theoretical 72 px."""
-    lr = np.ascontiguousarray(photo_rgb_u8[160:224, 180 : 180 + width])  # 64 x width: a textured face crop
+@pytest.mark.parametrize("key, width, exact", [("x4", 104, True), ("x2", 168, False), ("compact", 104, True)])
+def test_tiled_equals_whole_with_the_default_overlap(files, photo_rgb_u8, signal, key, width, exact):
+    """Several tiles with the default overlap give the whole-image output within one 8-bit level; where
+    the radius is exact (not capped) the float outputs agree to rounding error. For x2plus the overlap
+    is the capped MAX_RADIUS, not the theoretical 72 px. (These random weights reach only ~8 px in
+    practice, so this catches a missing or tiny overlap; the radius formula itself is pinned by
+    test_loads_with_the_files_scale_and_size_contract.)"""
+    crop = np.ascontiguousarray(photo_rgb_u8[160:224, 180 : 180 + width])  # 64 x width: a textured face crop
+    lr = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
     with Upscaler(files[key], device="cpu", backend="torch", tile=0) as whole:
         ref = whole.upscale(lr)
         spec = whole.spec
     s = spec.scale
-    assert ref.shape == (64 * s, width * s, 3) and ref.dtype == np.uint8
+    assert ref.shape == (1, 3, 64 * s, width * s)
     tile = 2 * spec.receptive_radius + 24
     n_tiles = []
     with Upscaler(files[key], device="cpu", backend="torch", tile=tile) as up:
         assert up.overlap == spec.receptive_radius
         tiled = up.upscale(lr, progress=lambda done, total: n_tiles.append(total))
     assert n_tiles[-1] >= 3
-    assert np.abs(tiled.astype(int) - ref).max() <= 1
-    as_float = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
-    signal.informative(as_float(ref), as_float(lr), spec, threshold_db=48)
+    levels = lambda t: (t * 255).round().int()  # what an 8-bit output file holds
+    assert (levels(tiled) - levels(ref)).abs().max().item() <= 1
+    if exact:
+        assert (tiled - ref).abs().max().item() < 1e-4
+    signal.informative(ref, lr, spec, threshold_db=48)
 
 
 def test_tiling_with_too_little_overlap_differs(files, photo_rgb_u8):
