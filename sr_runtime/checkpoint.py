@@ -103,18 +103,23 @@ def save_checkpoint(
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a checkpoint without loading its tensors."""
+def _raw_metadata(path: Path) -> str | None:
+    """The JSON text under ``"sr_runtime"`` in a safetensors header, or None when there is none."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
+            return (f.metadata() or {}).get(_META_KEY)
     except Exception as e:  # safetensors raises its own SafetensorError and OSError subclasses
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a checkpoint without loading its tensors."""
+    path = Path(path)
+    raw = _raw_metadata(path)
     if raw is None:
         raise CheckpointError(
             f"{path}: safetensors file has no '{_META_KEY}' metadata; it was not written by save_checkpoint"
@@ -134,6 +139,10 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Rebuild the model stored in ``path`` and load its weights strictly.
 
+    A file without this project's metadata (a ``.pth``/``.pt``/``.ckpt``, or a ``.safetensors``
+    written elsewhere) is a community checkpoint, loaded through spandrel
+    (:func:`sr_runtime.community.load_community`); its ``arch`` is spandrel's architecture name.
+
     ``scale``, when given, must equal the checkpoint's scale. Raises CheckpointError for a
     corrupt file or missing/unexpected tensors, UnsupportedArchError for an unknown
     architecture, UnsupportedScaleError for a scale the model was not trained for.
@@ -141,6 +150,8 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.suffix.lower() != ".safetensors" or _raw_metadata(path) is None:
+        return _load_community(path, scale=scale, device=device)
     meta = read_metadata(path)
     arch, ckpt_scale = meta["arch"], int(meta["scale"])
     if scale is not None and int(scale) != ckpt_scale:
@@ -180,3 +191,11 @@ def load_checkpoint(
         meta=meta,
         path=path,
     )
+
+
+def _load_community(path: Path, *, scale: int | None, device: torch.device | str) -> Checkpoint:
+    from sr_runtime.community import load_community  # imports spandrel: only for foreign files
+
+    net, spec, description = load_community(path, scale=scale, device=device)
+    meta = {"name": path.stem, "arch": net.arch, "scale": spec.scale, "source": "spandrel", "description": description}
+    return Checkpoint(model=net, arch=net.arch, scale=spec.scale, hparams={}, spec=spec, meta=meta, path=path)

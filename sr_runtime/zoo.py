@@ -73,7 +73,7 @@ def resolve_checkpoint(model: str, scale: int | None, *, runs_dir: str | os.Path
     for the log. Raises InputError (or UnsupportedArchError for an unknown name).
     """
     candidate = Path(model)
-    if candidate.suffix in (".safetensors",) or candidate.exists() or os.sep in model:
+    if candidate.suffix.lower() in (".safetensors", ".pth", ".pt", ".ckpt") or candidate.exists() or os.sep in model:
         if not candidate.is_file():
             raise InputError(f"{model}: checkpoint not found")
         return candidate, f"checkpoint {candidate}"
