@@ -429,8 +429,10 @@ class Upscaler:
         Decoding and encoding run in their own threads with bounded queues (pinned host buffers on
         CUDA), frames go through the model ``batch`` at a time. Audio and subtitle streams are
         copied packet for packet; each frame keeps its timestamp (variable frame rate too) and the
-        colour metadata is carried over. ``codec``: ``libx264``, ``libx265``, ``h264_nvenc``,
-        ``hevc_nvenc``... (checked before anything is written); ``pix_fmt`` None keeps the input's
+        colour metadata and display matrix (phone rotation) are carried over. A write error (disk
+        full, permission) stops the job within a batch or two of the frame that met it.
+        ``codec``: ``libx264``, ``libx265``, ``h264_nvenc``, ``hevc_nvenc``... (checked before
+        anything is written); ``pix_fmt`` None keeps the input's
         when the encoder takes it (else ``yuv420p``); odd output sides are cropped by one pixel for
         4:2:0/4:2:2 formats, with a warning. ``progress(done, total)`` counts frames (total 0 when
         the container does not say). Nothing is left at ``dst`` on failure or Ctrl-C.
@@ -457,6 +459,7 @@ class Upscaler:
             crf=crf,
             preset=preset,
             color=info.color,
+            display_matrix=info.display_matrix,
         ) as writer, VideoReader(src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2) as reader:
             log.info(
                 "video: %s %dx%d %s, %d frames -> %s %dx%d %s %s",
@@ -468,6 +471,7 @@ class Upscaler:
             pipeline = _FramePipeline(self, writer, (info.height, info.width), in_dtype, out_dtype)
             done = 0
             for frames, infos in reader.batches(self.batch):
+                writer.check()  # a write error (disk full) stops the job before the model's next batch
                 pipeline.process(frames, infos)
                 done += len(frames)
                 if progress is not None:
@@ -533,7 +537,7 @@ class _FramePipeline:
         if not self.cuda:
             self.writer.write(out.numpy(), infos)
             return
-        host = self.downloads.get(check=self.writer._raise_if_failed)
+        host = self.downloads.get(check=self.writer.check)
         host[:n].copy_(out, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record(torch.cuda.current_stream(up.device))

@@ -4,18 +4,29 @@
 timestamps from a decode thread through a bounded queue. :class:`VideoWriter` encodes RGB frames
 in an encode thread (bounded queue), gives each output frame the input frame's ``pts`` and
 ``time_base`` (so variable frame rate and the exact frame count survive), tags the colour
-metadata of the input (range, matrix, primaries, transfer), and copies every audio and subtitle
-stream packet for packet (no re-encoding). It writes to a temporary file beside the destination
+metadata of the input (range, matrix, primaries, transfer) and its display matrix (the rotation of
+phone videos), and copies every audio and subtitle stream packet for packet (no re-encoding). It writes to a temporary file beside the destination
 and renames it at the end; on any error or Ctrl-C the temporary file is deleted.
 
 Decisions: output pixel format defaults to the input's when the encoder takes it (so 10-bit stays
 10-bit), else ``yuv420p``. Chroma-subsampled formats need even sides: an odd output side is cropped
 by one pixel (last row/column), with a warning. A packet the decoder rejects is logged and
 skipped; a container that cannot be read (truncated MP4 without its index) is a VideoError.
+
+Write errors (disk full, permission, quota) surface at the packet that hits them: the output is
+opened with ``flush_packets`` (no 256 KiB avio buffer hiding the error) and Matroska clusters are
+closed every second (they are otherwise held in memory for 5 s); the encode thread records the error
+and the producer's next :meth:`VideoWriter.check` or :meth:`VideoWriter.write` raises it.
+
+Side data: PyAV 18 reads the display matrix from decoded frames (``frame.side_data``; streams expose
+no side data) and writes it with ``VideoStream.set_display_matrix``, its only stream side-data
+writer. HDR mastering-display and content-light side data have no writer in PyAV 18 and are not
+carried.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -50,6 +61,20 @@ _SWS_COLORSPACES = {1: 1, 4: 4, 5: 5, 6: 6, 7: 7, 9: 9, 10: 9}
 """AVColorSpace -> swscale colourspace (BT.709, FCC, BT.601 (470BG/170M), SMPTE 240M, BT.2020)."""
 _COLOR_RANGES = (1, 2)
 """AVCOL_RANGE_MPEG (limited) and AVCOL_RANGE_JPEG (full)."""
+_MKV_CLUSTER_MS = 1000
+"""Matroska cluster length: a cluster is written (and a write error seen) at least this often."""
+_INTERLEAVE_US = 1_000_000
+"""Longest the muxer holds packets waiting for another stream (FFmpeg's default is 10 s): once the
+audio ends, or between sparse subtitles, it would otherwise keep seconds of video in memory, unwritten."""
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system or limit",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error on the device",
+}
 
 
 def _av():
@@ -92,6 +117,8 @@ class VideoInfo:
     """``color_range``, ``colorspace``, ``color_primaries``, ``color_trc`` of the video stream."""
     copy_streams: tuple[str, ...] = ()
     """``"index:type:codec"`` of the audio and subtitle streams that will be copied."""
+    display_matrix: tuple[int, ...] | None = None
+    """The 9 int32 of FFmpeg's display matrix (rotation/flip for players), None when the video has none."""
 
 
 def _open_input(path: Path):
@@ -122,6 +149,25 @@ def _color_of(obj) -> dict[str, int]:
     return {k: int(getattr(obj, k, 0) or 0) for k in ("color_range", "colorspace", "color_primaries", "color_trc")}
 
 
+def _display_matrix(container, stream, max_packets: int = 64) -> tuple[int, ...] | None:
+    """The display matrix of ``stream``, read from its first decoded frame (PyAV 18 has no reader for
+    stream side data; FFmpeg copies it onto every decoded frame). None when absent or undecodable."""
+    av = _av()
+    try:
+        for n, packet in enumerate(container.demux(stream)):
+            for frame in packet.decode():
+                for sd in frame.side_data:
+                    if sd.type.name == "DISPLAYMATRIX":
+                        matrix = tuple(int(v) for v in np.frombuffer(bytes(sd), dtype="<i4"))
+                        return matrix if len(matrix) == 9 else None
+                return None
+            if n >= max_packets:
+                return None
+    except (av.FFmpegError, ValueError) as e:
+        log.debug("%s: no display matrix read (%s)", container.name, e)
+    return None
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Read the header of ``path``; raises InputError (missing) or VideoError (unreadable)."""
     path = Path(path)
@@ -147,6 +193,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             duration_s=duration,
             color=_color_of(ctx),
             copy_streams=copies,
+            display_matrix=_display_matrix(container, stream),
         )
     finally:
         container.close()
@@ -337,6 +384,9 @@ class VideoWriter:
     pixel for chroma-subsampled ``pix_fmt``, with a warning). ``rate``/``time_base``: of the input
     video stream; each frame keeps the ``pts``/``time_base`` of its FrameInfo. ``color``: the input's
     ``color_range``/``colorspace``/``color_primaries``/``color_trc`` (see :class:`VideoInfo`).
+    ``display_matrix``: the input's (:attr:`VideoInfo.display_matrix`), written on the output stream.
+    A write error (disk full, permission) stops encoding at the packet that meets it; the next
+    :meth:`check`, :meth:`write` or :meth:`close` raises a VideoError naming ``dst`` and the cause.
     Checks the encoder and the output container before creating any file; raises VideoError.
     Call :meth:`close` to finish (rename into place); leaving the ``with`` block on an exception,
     or :meth:`abort`, deletes the temporary file.
@@ -356,6 +406,7 @@ class VideoWriter:
         crf: int | None = None,
         preset: str | None = None,
         color: dict[str, int] | None = None,
+        display_matrix: tuple[int, ...] | None = None,
         queue_size: int = 4,
     ) -> None:
         av = _av()
@@ -386,7 +437,12 @@ class VideoWriter:
         self._copy_pairs: list = []
         self._closed = False
         try:
-            self._out = av.open(str(self._tmp), "w")
+            # flush_packets: each packet reaches the file when muxed, so a full disk fails that mux
+            # call instead of the close, after every frame has been computed.
+            options = {"flush_packets": "1", "max_interleave_delta": str(_INTERLEAVE_US)}
+            if self.dst.suffix.lower() in (".mkv", ".webm"):
+                options["cluster_time_limit"] = str(_MKV_CLUSTER_MS)
+            self._out = av.open(str(self._tmp), "w", container_options=options)
             stream = self._out.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             stream.time_base = time_base
@@ -396,6 +452,8 @@ class VideoWriter:
             for key in ("color_range", "colorspace", "color_primaries", "color_trc"):
                 if key in self.color:
                     setattr(ctx, key, self.color[key])
+            if display_matrix is not None:
+                stream.set_display_matrix(display_matrix)
             self._stream = stream
             if source is not None:
                 self._open_copies(Path(source))
@@ -448,7 +506,7 @@ class VideoWriter:
                 return
             self._pending = None
             packet.stream = self._out_of[id(packet.stream)]
-            self._out.mux(packet)
+            self._mux(packet)
 
     def write(
         self,
@@ -462,22 +520,36 @@ class VideoWriter:
 
         ``wait`` is called in the encode thread before the frames are read (e.g. to synchronise a
         device-to-host copy), ``release`` after (e.g. to return a pinned buffer to its pool).
-        Blocks while the queue is full; re-raises an error of the encode thread.
+        Blocks while the queue is full; raises the error of the encode thread (see :meth:`check`).
         """
         if len(frames) != len(infos):
             raise InputError(f"{len(frames)} frames but {len(infos)} frame infos")
         item = _Batch(frames, infos, wait, release)
         while True:
-            self._raise_if_failed()
+            self.check()
             try:
                 self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
 
-    def _raise_if_failed(self) -> None:
+    def check(self) -> None:
+        """Raise the error that stopped the encode thread, if any: call it before computing the
+        next frames, so that a full disk stops the job at once rather than after the model's work."""
         if self._error is not None:
-            raise VideoError(f"{self.dst}: encoding failed ({self._error})") from self._error
+            raise self._failure(self._error) from self._error
+
+    def _failure(self, e: BaseException) -> VideoError:
+        code = getattr(e, "errno", None)
+        if isinstance(e, OSError) and code in _WRITE_ERRORS:
+            return VideoError(
+                f"{self.dst}: cannot write the output: {_WRITE_ERRORS[code]} ({os.strerror(code)}, in "
+                f"{self.dst.parent}) after encoding {self.frames_written} frames; stopped, no partial file is kept"
+            )
+        return VideoError(f"{self.dst}: encoding failed ({e})")
+
+    def _mux(self, packet) -> None:
+        self._out.mux(packet)
 
     def _encode_loop(self) -> None:
         try:
@@ -496,7 +568,7 @@ class VideoWriter:
                     if item.release is not None:
                         item.release()
             for packet in self._stream.encode():
-                self._out.mux(packet)
+                self._mux(packet)
             self._copy_until(None)
         except BaseException as e:
             self._error = e
@@ -527,7 +599,7 @@ class VideoWriter:
         if info.pts is not None and info.time_base is not None:
             self._copy_until(float(info.pts * info.time_base))
         for packet in self._stream.encode(frame):
-            self._out.mux(packet)
+            self._mux(packet)
         self.frames_written += 1
 
     def close(self) -> Path:
@@ -535,7 +607,7 @@ class VideoWriter:
         if self._closed:
             return self.dst
         while True:
-            self._raise_if_failed()
+            self.check()
             try:
                 self._queue.put(_END, timeout=0.1)
                 break
@@ -543,8 +615,11 @@ class VideoWriter:
                 continue
         self._thread.join()
         try:
-            self._raise_if_failed()
-            self._out.close()
+            self.check()
+            try:
+                self._out.close()  # the trailer and the last buffered bytes: a full disk can show here
+            except OSError as e:
+                raise self._failure(e) from e
             if self._source is not None:
                 self._source.close()
             if self.frames_written == 0:

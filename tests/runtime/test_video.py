@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import sr_runtime
 from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.errors import VideoError
@@ -27,9 +30,10 @@ VFR_PTS = [0, 40, 80, 200, 240, 300, 333, 400, 440, 480]
 
 
 def make_video(path: Path, *, width=32, height=24, pts=VFR_PTS, codec="libx264", pix_fmt="yuv420p",
-               audio=True, color=None, content=None, options=None) -> Path:
+               audio=True, color=None, content=None, options=None, rotation=None) -> Path:
     """``content(i)``: frame i as HWC uint8 (rgb24) or uint16 (rgb48le); default random noise.
-    ``options``: encoder options (``{"qp": "0"}`` makes libx264 lossless)."""
+    ``options``: encoder options (``{"qp": "0"}`` makes libx264 lossless). ``rotation``: degrees
+    counter-clockwise of a display matrix on the video stream (as a phone writes it)."""
     rng = np.random.default_rng(0)
     tb = Fraction(1, 1000)
     with av.open(str(path), "w") as out:
@@ -38,6 +42,8 @@ def make_video(path: Path, *, width=32, height=24, pts=VFR_PTS, codec="libx264",
         v.time_base = v.codec_context.time_base = tb
         if options:
             v.options = options
+        if rotation is not None:
+            v.set_display_rotation(rotation)
         for key, value in (color or {}).items():
             setattr(v.codec_context, key, value)
         a = out.add_stream("aac", rate=8000, layout="mono") if audio else None
@@ -345,3 +351,108 @@ def test_probe_reports_what_the_writer_needs(tmp_path):
     info = probe_video(make_video(tmp_path / "in.mkv"))
     assert (info.width, info.height, info.pix_fmt, info.bit_depth) == (32, 24, "yuv420p", 8)
     assert any(":audio:aac" in s for s in info.copy_streams)
+
+
+def display_matrices(path: Path) -> tuple[int, bytes | None]:
+    """(rotation in degrees, raw display-matrix side data) of the first decoded video frame: where a
+    player finds it (FFmpeg puts the stream's display matrix on every decoded frame)."""
+    with av.open(str(path)) as c:
+        frame = next(c.decode(c.streams.video[0]))
+        raw = [bytes(sd) for sd in frame.side_data if sd.type.name == "DISPLAYMATRIX"]
+        return frame.rotation, (raw[0] if raw else None)
+
+
+@pytest.mark.parametrize("suffix, rotation", [(".mp4", 90), (".mp4", -90), (".mov", 90), (".mkv", -90)])
+def test_display_rotation_of_a_phone_video_is_kept(tmp_path, up2, suffix, rotation):
+    src = make_video(tmp_path / f"phone{suffix}", rotation=rotation)
+    rot, matrix = display_matrices(src)
+    assert rot == rotation and matrix is not None, "the test clip carries a display matrix"
+    assert probe_video(src).display_matrix is not None
+    dst = tmp_path / f"out{suffix}"
+    result = up2.upscale_video(src, dst, preset="ultrafast")
+    assert (result.width, result.height) == (64, 48), "pixels are stored unrotated; the player rotates"
+    assert display_matrices(dst) == (rotation, matrix)
+
+
+def test_video_without_rotation_gets_none(tmp_path, up2):
+    src = make_video(tmp_path / "plain.mp4", audio=False)
+    assert probe_video(src).display_matrix is None
+    up2.upscale_video(src, tmp_path / "out.mp4", preset="ultrafast")
+    assert display_matrices(tmp_path / "out.mp4") == (0, None)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_disk_full_stops_the_job_within_a_batch_and_leaves_nothing(tmp_path, up2, monkeypatch, suffix):
+    n = 60
+    src = make_video(tmp_path / f"in{suffix}", pts=[40 * i for i in range(n)])
+    dst = tmp_path / f"out{suffix}"
+    processed, at_failure = [], []
+    run = up2._run
+
+    def counting_run(lr, *args, **kwargs):  # the frames the model computes
+        processed.append(lr.shape[0])
+        return run(lr, *args, **kwargs)
+
+    mux, video_packets = VideoWriter._mux, []
+
+    def full_after_four_frames(self, packet):
+        if packet.stream.type == "video":
+            video_packets.append(packet)
+            if len(video_packets) > 4:
+                at_failure.append(sum(processed))
+                raise OSError(errno.ENOSPC, "No space left on device")
+        mux(self, packet)
+
+    monkeypatch.setattr(up2, "_run", counting_run)
+    monkeypatch.setattr(VideoWriter, "_mux", full_after_four_frames)
+    with pytest.raises(VideoError) as e:
+        up2.upscale_video(src, dst, preset="ultrafast")  # ultrafast: a packet per frame, no lookahead
+    monkeypatch.undo()
+    message = str(e.value)
+    assert str(dst) in message and "no space left" in message.lower(), message
+    assert len(at_failure) == 1, "the encoder stops at the first failed write"
+    assert sum(processed) - at_failure[0] <= up2.batch, (
+        f"{sum(processed)} frames computed, {at_failure[0]} when the disk filled: the job went on")
+    assert sum(processed) < n
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in{suffix}"], "no partial file is left"
+
+
+WRITE_LIMIT_SCRIPT = """
+import resource, signal, sys
+from sr_runtime.errors import VideoError
+from sr_runtime.upscaler import Upscaler
+src, dst, model, limit = sys.argv[1:5]
+done = [0]
+def progress(n, total):
+    done[0] = n
+with Upscaler(model, device="cpu", batch=1) as up:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
+    try:
+        up.upscale_video(src, dst, preset="ultrafast", progress=progress)
+    except VideoError as e:
+        print("ERROR", e)
+print("FRAMES", done[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE write errors are Linux behaviour")
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_real_write_error_mid_video_stops_the_job_early(tmp_path, ckpts, suffix):
+    """The kernel refuses writes past RLIMIT_FSIZE (EFBIG), as a full disk does (ENOSPC): the error must
+    reach the job while it runs, not be held in FFmpeg's I/O buffer, a Matroska cluster or the muxer's
+    wait for the (ended) audio until the close, after every frame."""
+    n = 200  # 8 s at 25 fps; the audio ends after 0.5 s
+    src = make_video(tmp_path / f"in{suffix}", width=64, height=64, pts=[40 * i for i in range(n)])
+    dst = tmp_path / f"out{suffix}"
+    root = str(Path(sr_runtime.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    limit = 40_000  # bytes: the output of 200 such frames is ~400 kB
+    run = subprocess.run([sys.executable, "-c", WRITE_LIMIT_SCRIPT, str(src), str(dst), str(ckpts[2]), str(limit)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    error = [line for line in run.stdout.splitlines() if line.startswith("ERROR")]
+    assert error and str(dst) in error[0] and "too large" in error[0], run.stdout + run.stderr[-2000:]
+    frames = int(run.stdout.split("FRAMES")[-1])
+    assert frames <= n // 2, f"{frames} of {n} frames computed before the write error stopped the job"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"in{suffix}"], "no partial file is left"
