@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks.cli import main
@@ -103,12 +104,19 @@ def test_environment_names_machine_versions_and_commit(tiny_run):
         assert key in env  # None where absent, but always recorded
 
 
-def test_random_weights_are_marked_and_get_no_quality(tmp_path):
+def test_random_weights_are_marked_and_get_no_quality(tmp_path, photo_rgb_u8):
+    from PIL import Image
+
+    data_dir = tmp_path / "data" / "Set5"  # a tiny stand-in set, so quality runs for what deserves it
+    data_dir.mkdir(parents=True)
+    Image.fromarray(np.ascontiguousarray(photo_rgb_u8[100:164, 100:164])).save(data_dir / "a.png")
     rc = main([
         "--models", "fsrcnn", "--scales", "2", "--random-weights", "--sizes", "16x16", "--batch", "1",
         "--runs", "1", "--warmup", "0", "--backends", "torch", "--precisions", "fp32", "--parity-size", "16x16",
-        "--parity-images", "1", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path),
+        "--parity-images", "1", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path / "out"),
+        "--data", str(tmp_path / "data"), "--datasets", "Set5",
     ])
+    tmp_path = tmp_path / "out"
     assert rc == 0
     data = _strict_json(tmp_path / "results.json")
     assert data["models"][0]["weights"] == "random"
