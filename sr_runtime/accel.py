@@ -189,7 +189,9 @@ def _gate(backend: Backend, candidate: Candidate, refs, photos, ckpt: Checkpoint
     from sr_runtime.metrics import psnr
     from sr_runtime.resize import make_lr, modcrop
 
-    need = 60.0 if candidate.precision == "fp32" else 45.0
+    from sr_runtime.export.verify import TOLERANCES  # the gate sr-export uses
+
+    need = TOLERANCES[candidate.precision].min_psnr_db
     worst = math.inf
     for (what, lr), ref in refs:
         out = _run(backend, lr)
@@ -197,7 +199,7 @@ def _gate(backend: Backend, candidate: Candidate, refs, photos, ckpt: Checkpoint
             return worst, f"NaN/Inf in its output on {what}"
         worst = min(worst, _psnr_db(out, ref))
         if worst < need:
-            return worst, f"parity {worst:.1f} dB on {what}, below the {need:g} dB an {candidate.precision} form needs"
+            return worst, f"parity {worst:.1f} dB on {what}, below the {need:g} dB a {candidate.precision} form needs"
     if candidate.precision == "fp32":
         return worst, ""
     # Reduced precision: its quality against the ground truth must match FP32's.

@@ -21,7 +21,7 @@ import torch
 from sr_runtime.errors import BackendUnavailableError, InputError
 from sr_runtime.spec import IOSpec
 
-__all__ = ["Backend", "ShapeLimits", "PRECISIONS", "parse_device", "torch_devices"]
+__all__ = ["Backend", "ShapeLimits", "PRECISIONS", "parse_device", "resolve_file_spec", "torch_devices"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 """Every precision some backend runs; each backend refuses those it cannot (bf16: OpenVINO on CPUs with BF16)."""
@@ -153,6 +153,27 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+def resolve_file_spec(path, file_spec: IOSpec | None, spec: IOSpec | None, scale: int | None) -> IOSpec:
+    """The IOSpec of a model file (ONNX, OpenVINO IR): the one given, else the file's own metadata,
+    else ``IOSpec(scale)`` when a scale is given. Raises InputError when none is known and
+    UnsupportedScaleError when ``scale`` contradicts it."""
+    import logging
+
+    from sr_runtime.errors import UnsupportedScaleError
+
+    if file_spec is None and spec is None:
+        if scale is None:
+            raise InputError(f"{path}: the model carries no io_spec metadata (not exported by sr-export); pass --scale")
+        logging.getLogger(__name__).warning(
+            "%s has no io_spec metadata: assuming scale %d, RGB, no size constraints", getattr(path, "name", path), scale
+        )
+        spec = IOSpec(scale=scale)
+    spec = spec or file_spec
+    if scale is not None and spec.scale != scale:
+        raise UnsupportedScaleError(f"{path}: the model upscales x{spec.scale}, but scale {scale} was asked for")
+    return spec
 
 
 def torch_devices() -> list[str]:

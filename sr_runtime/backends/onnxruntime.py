@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
-from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError
+from sr_runtime.backends.base import Backend, ShapeLimits, parse_device, resolve_file_spec
+from sr_runtime.errors import BackendUnavailableError, InputError
 from sr_runtime.spec import IOSpec
 
 __all__ = ["PROVIDERS", "OnnxRuntimeBackend", "available_providers", "read_onnx_spec"]
@@ -176,17 +176,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{precision.upper()} ONNX (sr-export) or ask for {file_precision}"
             )
 
-        meta_spec = read_onnx_spec(metadata)
-        if meta_spec is None and spec is None:
-            if scale is None:
-                raise InputError(
-                    f"{path}: the ONNX file carries no io_spec metadata (not exported by sr-export); pass --scale"
-                )
-            log.warning("%s has no io_spec metadata: assuming scale %d, RGB, no size constraints", path.name, scale)
-            spec = IOSpec(scale=scale)
-        spec = spec or meta_spec
-        if scale is not None and spec.scale != scale:
-            raise UnsupportedScaleError(f"{path}: the model upscales x{spec.scale}, but scale {scale} was asked for")
+        spec = resolve_file_spec(path, read_onnx_spec(metadata), spec, scale)
 
         limits = None
         if provider == "tensorrt":

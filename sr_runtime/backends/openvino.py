@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sr_runtime.backends.base import Backend, ShapeLimits
-from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError
+from sr_runtime.backends.base import Backend, ShapeLimits, resolve_file_spec
+from sr_runtime.errors import BackendUnavailableError, InputError
 from sr_runtime.spec import IOSpec
 
 __all__ = [
@@ -180,17 +180,7 @@ class OpenVINOBackend(Backend):
                 f"{path}: expected one input and one output (lr -> sr), got {len(model.inputs)} inputs "
                 f"and {len(model.outputs)} outputs"
             )
-        meta_spec = read_ov_spec(model)
-        if meta_spec is None and spec is None:
-            if scale is None:
-                raise InputError(
-                    f"{path}: the model carries no io_spec metadata (not exported by sr-export); pass --scale"
-                )
-            log.warning("%s has no io_spec metadata: assuming scale %d, RGB, no size constraints", path.name, scale)
-            spec = IOSpec(scale=scale)
-        spec = spec or meta_spec
-        if scale is not None and spec.scale != scale:
-            raise UnsupportedScaleError(f"{path}: the model upscales x{spec.scale}, but scale {scale} was asked for")
+        spec = resolve_file_spec(path, read_ov_spec(model), spec, scale)
 
         limits = self._input_limits(model, path)
         # The caller always hands float32 NCHW; the file may have FP16 I/O (sr-export --fp16-io).
