@@ -438,30 +438,73 @@ class Upscaler:
         the container does not say). Nothing is left at ``dst`` on failure or Ctrl-C.
         Raises InputError, VideoError.
         """
-        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt, probe_video
+        from sr_runtime.video import probe_video
 
-        start = time.perf_counter()
         src, dst = Path(src), Path(dst)
         if src.resolve() == dst.resolve():
             raise InputError(f"{dst}: the output would overwrite the input; choose another name")
         info = probe_video(src)
+        return self._video_pass(
+            src, dst, info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress, whole=True
+        )
+
+    def upscale_video_segment(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        info,
+        *,
+        start_pts: int,
+        end_pts: int | None,
+        seek_pts: int | None,
+        first_index: int = 0,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        preset: str | None = None,
+        pix_fmt: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> VideoResult:
+        """Upscale the frames of ``src`` with ``start_pts <= pts < end_pts`` (``end_pts`` None: to the
+        end) into a video-only ``dst``, decoding from the keyframe at ``seek_pts``; ``info`` is
+        :func:`sr_runtime.video.probe_video` of ``src``. The pieces of a segmented job
+        (:mod:`sr_runtime.videojob`), joined by :func:`sr_runtime.video.join_segments`, which adds
+        the audio and the display matrix. Written atomically, as :meth:`upscale_video`."""
+        return self._video_pass(
+            Path(src), Path(dst), info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress,
+            whole=False, reader_range={"start_pts": start_pts, "end_pts": end_pts, "seek_pts": seek_pts,
+                                       "first_index": first_index},
+        )
+
+    def _video_pass(
+        self, src: Path, dst: Path, info, *, codec, crf, preset, pix_fmt, progress, whole: bool,
+        reader_range: dict | None = None,
+    ) -> VideoResult:
+        """Decode, upscale and encode ``src`` (or a range of it) into ``dst``; ``whole``: the entire
+        video with its audio/subtitles and display matrix, else a video-only segment."""
+        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt
+
+        start = time.perf_counter()
         s = self.scale
         pix_fmt = pix_fmt or default_pix_fmt(codec, info.pix_fmt)
+        total = info.frames if whole else 0
         with self._lock, VideoWriter(
             dst,
             width=info.width * s,
             height=info.height * s,
             rate=info.rate,
             time_base=info.time_base,
-            source=src,
+            source=src if whole else None,
             codec=codec,
             pix_fmt=pix_fmt,
             crf=crf,
             preset=preset,
             color=info.color,
-            display_matrix=info.display_matrix,
-        ) as writer, VideoReader(src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2) as reader:
-            log.info(
+            display_matrix=info.display_matrix if whole else None,
+        ) as writer, VideoReader(
+            src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2, **(reader_range or {})
+        ) as reader:
+            log.log(
+                logging.INFO if whole else logging.DEBUG,
                 "video: %s %dx%d %s, %d frames -> %s %dx%d %s %s",
                 src.name, info.width, info.height, info.pix_fmt, info.frames, dst.name, writer.width,
                 writer.height, codec, pix_fmt,
@@ -475,7 +518,7 @@ class Upscaler:
                 pipeline.process(frames, infos)
                 done += len(frames)
                 if progress is not None:
-                    progress(done, info.frames)
+                    progress(done, total)
             writer.close()
             skipped = reader.skipped_packets
         if skipped:
