@@ -472,3 +472,43 @@ def model_identity(model: str | os.PathLike | None, scale: int | None, *, runs_d
         return sha256_file(model)
     path, _ = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
     return sha256_file(path)
+
+
+def run_video(
+    up,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    runner=None,
+    model_sha256: str | None = None,
+    options: dict[str, Any] | None = None,
+    segment_seconds: float = 6.0,
+    restart: bool = False,
+    codec: str = "libx264",
+    crf: int | None = 18,
+    preset: str | None = None,
+    pix_fmt: str | None = None,
+    quiet: bool = False,
+):
+    """Upscale a video as a segmented, resumable job (the single pass where segments cannot serve;
+    ``segment_seconds`` 0 forces it), with progress on stderr. ``runner``: where the segments run
+    (default: here, with ``up``); ``model_sha256`` and ``options`` (backend, precision, tile...)
+    identify the job for a resume. Returns ``(frames, seconds)``."""
+    from sr_runtime.progress import Progress
+    from sr_runtime.video import probe_video
+
+    src, dst = Path(src), Path(dst)
+    start = time.perf_counter()
+    encode = {"codec": codec, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
+    segments = job = None
+    if segment_seconds:
+        identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **encode}
+        job = VideoJob(src, dst, identity=identity, segment_seconds=segment_seconds, restart=restart)
+        segments = job.prepare()
+    info = probe_video(src)
+    with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
+        if segments is None:
+            result = up.upscale_video(src, dst, **encode, progress=lambda done, total: bar.update_to(done))
+            return result.frames, time.perf_counter() - start
+        frames = job.run(runner or LocalRunner(up), info, **encode, progress=bar)
+    return frames, time.perf_counter() - start
