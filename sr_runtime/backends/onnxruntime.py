@@ -184,8 +184,11 @@ class OnnxRuntimeBackend(Backend):
         limits = graph_limits(inputs[0].shape)  # static H/W: tiled at exactly that shape
         foreign = file_spec is None and spec is None
         if foreign:  # not an sr-export file: its contract from the graph and one probe run
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = 4  # a refused probe size is expected; ONNX Runtime would log it as an error
+
             def probe_run(x):
-                return session.run([outputs[0].name], {inputs[0].name: x})[0]
+                return session.run([outputs[0].name], {inputs[0].name: x}, quiet)[0]
 
             file_spec = probe_onnx(path, probe_run, inputs[0].shape, np_in).spec
         spec = resolve_file_spec(path, file_spec, spec, scale)

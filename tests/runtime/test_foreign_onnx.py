@@ -47,6 +47,19 @@ class TinySR(nn.Module):
         return (up + 0.5 * self.shuffle(self.body(x))) * self.peak
 
 
+class EvenOnly(nn.Module):
+    """x2 through pixel-unshuffle: runs on even sizes only; 1x1 convs, so each 2x2 input block maps
+    to its own 4x4 output block and border padding cannot change the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unshuffle, self.shuffle = nn.PixelUnshuffle(2), nn.PixelShuffle(4)
+        self.conv = nn.Sequential(nn.Conv2d(12, 16, 1), nn.ReLU(), nn.Conv2d(16, 48, 1))
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode="nearest") + 0.5 * self.shuffle(self.conv(self.unshuffle(x)))
+
+
 class Classifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -145,6 +158,19 @@ def test_static_graph_is_run_tiled_at_its_shape_on_a_larger_image(tmp_path, phot
     assert len(shapes) > 4 and set(shapes) == {(1, 3, 24, 24)}
     result = compare(reference(net, up.spec, lr), out.clamp(0, 1))
     assert result.passed, result.describe()
+
+
+def test_graph_that_refuses_odd_sizes_is_fed_padded_sizes(tmp_path, photo, caplog):
+    net = EvenOnly().eval()
+    path = export(net, tmp_path / "even.onnx")
+    with caplog.at_level(logging.INFO, logger="sr_runtime.backends.onnx_probe"), Upscaler(path) as up:
+        assert up.scale == 2 and up.spec.multiple_of == 32
+        assert "probe 64x96" in caplog.text
+        out = up.upscale(photo)  # 40 x 56: padded to 64 x 64 for the graph
+        odd = up.upscale(photo[:, :, :37, :53])
+    result = compare(reference(net, up.spec, photo), out.clamp(0, 1))
+    assert result.passed, result.describe()
+    assert odd.shape == (1, 3, 74, 106)
 
 
 def test_cli_runs_a_foreign_file_without_scale(tmp_path, small_rgb_u8):
