@@ -253,7 +253,10 @@ class Upscaler:
         return tile, False
 
     def _min_size(self) -> int:
-        return max(self.spec.min_size, *self.backend.limits.min_hw)
+        limits = self.backend.limits
+        if limits.static_hw:  # every tile has exactly that (maybe not square) shape: no side may be refused
+            return min(limits.min_hw)
+        return max(self.spec.min_size, *limits.min_hw)
 
     def _prepare(self, peak: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
         dtype = self.backend.input_dtype
