@@ -16,6 +16,7 @@ from sr_runtime.errors import (
     ParityError,
     SRError,
     UnsupportedArchError,
+    UnsupportedModelError,
     UnsupportedScaleError,
     VideoError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "UnsupportedArchError",
+    "UnsupportedModelError",
     "UnsupportedScaleError",
     "BackendUnavailableError",
     "EngineMismatchError",

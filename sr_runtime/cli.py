@@ -10,6 +10,8 @@ Examples::
     sr-run shots/ --recursive -o out/ --format png  # a folder tree into out/
     sr-run "raw/*.tif" --model runs/edsr_x2_*/best.safetensors --tile 256
     sr-run clip.mp4 --scale 2 --codec libx265 --crf 20 --pix-fmt yuv420p10le
+    sr-run film.mkv --scale 2 --workers 2           # segments in 2 processes; rerun to resume
+    sr-run film.mkv --scale 2 --ray auto            # segments on the Ray cluster of this machine
     sr-run img.png --model edsr_x4.engine           # TensorRT engine (backend implied)
 """
 
@@ -75,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--crf", type=int, default=18, help="constant rate factor (NVENC: cq) (default 18)")
     v.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow; NVENC: p1..p7)")
     v.add_argument("--pix-fmt", help="output pixel format, e.g. yuv420p, yuv420p10le (default: the input's)")
+    v.add_argument(
+        "--segment-seconds", type=float, default=6.0, metavar="S",
+        help="video is done in segments of about S seconds, kept in .NAME.srjob/ until joined, so a crash "
+        "costs one segment and the same command resumes (default 6; 0: one pass, no resume)",
+    )
+    v.add_argument("--restart", action="store_true", help="discard an unfinished video job and start afresh")
+    w = p.add_argument_group("parallel")
+    w.add_argument(
+        "--workers", type=int, metavar="N",
+        help="video segments (or the files of a folder) in N processes (default: one per GPU on multi-GPU machines, else 1)",
+    )
+    w.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="run segments/files as Ray tasks: a local Ray on this machine, or the cluster at ADDRESS "
+        "('auto', 'ray://host:10001'); needs pip install 'sr-runtime[ray]' and storage all nodes share",
+    )
     d = p.add_argument_group("demo")
     d.add_argument("--demo", action="store_true", help="upscale a sample photo and write a side-by-side comparison")
     o = p.add_argument_group("output")
@@ -92,26 +110,68 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
 
 
+def _upscaler_kwargs(args: argparse.Namespace) -> dict:
+    if args.model is None and args.scale is None:
+        raise InputError("give --scale (the best shipped model for it is used) or --model")
+    return {
+        "model": args.model,
+        "scale": args.scale,
+        "backend": args.backend,
+        "device": args.device,
+        "precision": args.precision,
+        "provider": args.provider,
+        "cache_dir": args.cache_dir,
+        "use_cache": not args.no_cache,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "batch": args.batch,
+        "compile": args.compile,
+        "cuda_graphs": args.cuda_graphs,
+    }
+
+
 def _make_upscaler(args: argparse.Namespace):
     from sr_runtime.upscaler import Upscaler
 
-    if args.model is None and args.scale is None:
-        raise InputError("give --scale (the best shipped model for it is used) or --model")
-    return Upscaler(
-        args.model,
-        scale=args.scale,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        provider=args.provider,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        batch=args.batch,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-    )
+    kwargs = _upscaler_kwargs(args)
+    return Upscaler(kwargs.pop("model"), **kwargs)
+
+
+def _make_runner(args: argparse.Namespace, up):
+    """Where video segments and folder files run: here, in worker processes, or on Ray."""
+    from sr_runtime.videojob import LocalRunner
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    kwargs = {**_upscaler_kwargs(args), "scale": up.scale}
+    if args.ray is not None:
+        from sr_runtime.distributed import RayRunner
+
+        return RayRunner(kwargs, address=args.ray or None, workers=args.workers)
+    from sr_runtime.distributed import ProcessRunner, default_workers
+
+    workers = args.workers or default_workers(args.device)
+    return ProcessRunner(kwargs, workers) if workers > 1 else LocalRunner(up)
+
+
+def _video_options(args: argparse.Namespace, up, runner) -> dict:
+    """Keyword arguments of sr_runtime.videojob.run_video for every video of this run."""
+    from sr_runtime.videojob import model_identity
+
+    sha = model_identity(args.model, up.scale) if args.segment_seconds else None
+    options = {k: getattr(args, k) for k in ("backend", "device", "precision", "provider", "tile", "tile_overlap")}
+    return {
+        "runner": runner,
+        "model_sha256": sha,
+        "options": options,
+        "segment_seconds": args.segment_seconds,
+        "restart": args.restart,
+        "codec": args.codec,
+        "crf": args.crf,
+        "preset": args.preset,
+        "pix_fmt": args.pix_fmt,
+        "quiet": args.quiet,
+    }
 
 
 def _expand(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -160,67 +220,57 @@ def _output_for(src: Path, root: Path, *, args: argparse.Namespace, scale: int, 
 
 
 def _run_files(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from sr_runtime.batch import FileTask, process_file
+    from sr_runtime.progress import Progress
+    from sr_runtime.videojob import LocalRunner
 
     jobs, errors = _expand(args.inputs, args.recursive)
     for message in errors:
         _error(message)
     if not jobs:
         return 2
+    if args.segment_seconds < 0:
+        raise InputError(f"--segment-seconds must be >= 0, got {args.segment_seconds}")
     single = len(jobs) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-    from sr_runtime.video import is_video
-
     done = skipped = 0
     failed = len(errors)
     with _make_upscaler(args) as up:
-        bar = tqdm(jobs, unit="file", disable=args.quiet or len(jobs) < 2, file=sys.stderr, dynamic_ncols=True)
-        for src, root in bar:
-            dst = _output_for(src, root, args=args, scale=up.scale, single=single)
-            if args.skip_existing and dst.exists():
-                log.info("%s exists; skipped", dst)
-                skipped += 1
-                continue
-            try:
-                if src.resolve() == dst.resolve():
-                    raise InputError(f"{src}: the output would overwrite the input; use -o")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if is_video(src):
-                    _run_video(up, src, dst, args)
-                else:
-                    up.upscale_file(src, dst, quality=args.quality)
-                    log.info("%s -> %s", src, dst)
-                done += 1
-            except SRError as e:
-                _error(str(e))
-                failed += 1
-            except (OSError, RuntimeError, ValueError) as e:  # an unforeseen failure of one file
-                _error(f"{src}: {type(e).__name__}: {e}")
-                failed += 1
+        runner = _make_runner(args, up)
+        try:
+            tasks = []
+            for src, root in jobs:
+                dst = _output_for(src, root, args=args, scale=up.scale, single=single)
+                if args.skip_existing and dst.exists():
+                    log.info("%s exists; skipped", dst)
+                    skipped += 1
+                    continue
+                tasks.append((src, dst))
+            video = _video_options(args, up, runner)
+            if len(tasks) > 1 and not isinstance(runner, LocalRunner):
+                # files side by side, one per worker; a video is a segmented job on its worker
+                here = {**video, "runner": None, "quiet": True}
+                items = [FileTask(str(s), str(d), args.quality, here) for s, d in tasks]
+                runs = runner.map(process_file, items)
+            else:
+                items = [FileTask(str(s), str(d), args.quality, video) for s, d in tasks]
+                runs = LocalRunner(up).map(process_file, items)
+            with Progress("files", len(items), unit="file", disable=args.quiet or len(items) < 2) as bar:
+                for _item, ok, value in runs:
+                    if ok:
+                        log.info("%s", value)
+                        done += 1
+                    else:
+                        _error(str(value))
+                        failed += 1
+                    bar.update()
+        finally:
+            runner.close()
     if failed:
         log.warning("%d done, %d failed, %d skipped", done, failed, skipped)
         return 1 if done or skipped else 2
     if len(jobs) > 1:
         log.info("%d done, %d skipped", done, skipped)
     return 0
-
-
-def _run_video(up, src: Path, dst: Path, args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    with tqdm(desc=src.name, unit="frame", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar:
-
-        def progress(done: int, total: int) -> None:
-            if total and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        result = up.upscale_video(
-            src, dst, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt, progress=progress
-        )
-    log.info(
-        "%s -> %s: %d frames %dx%d in %.1f s (%.2f fps)",
-        src, dst, result.frames, result.width, result.height, result.seconds, result.frames / max(result.seconds, 1e-9),
-    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -287,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     except SRError as e:
         _error(str(e))
         return 2
-    except KeyboardInterrupt:
-        _error("interrupted; no partial output was kept")
+    except KeyboardInterrupt as e:
+        _error(str(e) or "interrupted; no partial output was kept")
         return 130
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "SRError",
     "InputError",
+    "UnsupportedModelError",
     "CheckpointError",
     "UnsupportedArchError",
     "UnsupportedScaleError",
@@ -26,6 +27,11 @@ class SRError(Exception):
 
 class InputError(SRError, ValueError):
     """An input file, folder or array is missing, unreadable or of the wrong shape."""
+
+
+class UnsupportedModelError(InputError):
+    """A model file that is not an image-to-image upscaler (a classifier, several inputs, an output
+    that is not an integer multiple of its input)."""
 
 
 class CheckpointError(SRError):

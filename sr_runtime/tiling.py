@@ -30,6 +30,8 @@ __all__ = [
     "plan_tiles",
     "default_overlap",
     "choose_tile_size",
+    "tile_pixel_budget",
+    "balanced_tile",
     "run_tiled",
     "run_tiled_adaptive",
     "upscale_tiled",
@@ -180,6 +182,81 @@ def choose_tile_size(
     lower = _round_up(max(min_size, 2 * overlap + 16), multiple_of)
     side = min(max(side, lower), max(max_tile, lower))
     return max(_round_down(side, multiple_of), lower)
+
+
+def tile_pixel_budget(budget_bytes: int, *, scale: int, element_size: int = 4, batch: int = 1) -> int:
+    """Input pixels one tile may hold so that ``batch`` tiles fit in ``budget_bytes`` of working
+    memory, at ``_BYTES_PER_HR_PIXEL`` (scaled by ``element_size`` / 4) per output pixel."""
+    per_lr_pixel = _BYTES_PER_HR_PIXEL * element_size / 4 * scale * scale * max(batch, 1)
+    return int(max(budget_bytes, 0) / per_lr_pixel)
+
+
+def _axis_options(length: int, padded: int, overlap: int, multiple_of: int, lower: int) -> dict[int, int]:
+    """{tile count: smallest tile side giving that many tiles} along one axis of ``padded`` pixels,
+    for tiles of at least ``lower`` (the whole axis, one tile, included)."""
+    options = {1: padded}
+    if padded <= lower:
+        return options
+    n = 2
+    while True:
+        # n tiles of side s, stepping by s - 2*overlap, reach (n - 1) * (s - 2*overlap) + s >= padded.
+        side = max(_round_up(-(-(padded + 2 * overlap * (n - 1)) // n), multiple_of), lower)
+        if side >= padded:
+            break
+        while len(_plan_axis(length, padded, side, overlap, multiple_of)[0]) > n:  # step rounding
+            side += multiple_of
+        count = len(_plan_axis(length, padded, side, overlap, multiple_of)[0])
+        options.setdefault(count, side)
+        if side == lower:
+            break
+        n += 1
+    return options
+
+
+def balanced_tile(
+    height: int,
+    width: int,
+    *,
+    max_pixels: int,
+    overlap: int,
+    multiple_of: int = 1,
+    min_size: int = 1,
+    max_hw: tuple[int, int] | None = None,
+) -> tuple[int, int] | None:
+    """The tile (height, width) in input pixels that covers the image with the least computed area.
+
+    None when the whole (padded) image fits: ``height * width <= max_pixels`` (and ``max_hw``). Else
+    equal tiles that just cover the image (``n`` tiles along an axis of ``L`` pixels are about
+    ``(L + 2 * overlap * (n - 1)) / n`` long: no big tile plus a thin remainder), of at most
+    ``max_pixels`` each and at most ``max_hw`` per side, chosen among every tile count per axis to
+    compute the fewest pixels (recomputed overlap is the cost of tiling). Sides are multiples of
+    ``multiple_of`` and at least ``max(min_size, 2 * overlap + 16)``; when even that smallest
+    tile exceeds ``max_pixels``, it is returned anyway (the budget is an estimate; out-of-memory
+    still halves the tile, see :func:`run_tiled_adaptive`).
+    """
+    m = max(multiple_of, 1)
+    floor = _round_up(max(min_size, 1), m)
+    padded_h = max(_round_up(height, m), floor)
+    padded_w = max(_round_up(width, m), floor)
+    cap_h, cap_w = max_hw if max_hw is not None else (padded_h, padded_w)
+    if padded_h * padded_w <= max_pixels and padded_h <= cap_h and padded_w <= cap_w:
+        return None
+    lower = _round_up(max(min_size, 2 * overlap + 16), m)
+    rows = _axis_options(height, padded_h, overlap, m, lower)
+    cols = _axis_options(width, padded_w, overlap, m, lower)
+    best: tuple[int, int, int, int] | None = None  # (computed pixels, tiles, th, tw)
+    for ny, th in rows.items():
+        if th > cap_h:
+            continue
+        for nx, tw in cols.items():
+            if tw > cap_w or th * tw > max_pixels:
+                continue
+            key = (ny * th * nx * tw, ny * nx, th, tw)
+            if best is None or key < best:
+                best = key
+    if best is None:
+        return min(lower, _round_down(cap_h, m) or m), min(lower, _round_down(cap_w, m) or m)
+    return best[2], best[3]
 
 
 def _gather(lr: torch.Tensor, plan: TilePlan, jobs, prepare) -> torch.Tensor:

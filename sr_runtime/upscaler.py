@@ -30,7 +30,14 @@ import torch
 from sr_runtime.backends import create_backend
 from sr_runtime.backends.base import Backend
 from sr_runtime.errors import InputError
-from sr_runtime.tiling import ProgressFn, choose_tile_size, default_overlap, run_tiled_adaptive
+from sr_runtime.tiling import (
+    ProgressFn,
+    balanced_tile,
+    choose_tile_size,
+    default_overlap,
+    run_tiled_adaptive,
+    tile_pixel_budget,
+)
 
 __all__ = ["Upscaler", "VideoResult", "ProgressFn"]
 
@@ -109,7 +116,8 @@ class Upscaler:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None picks the fastest available.
         precision: ``"fp32"`` or ``"fp16"``; None for the artifact's own (FP32 for checkpoints).
         provider: ONNX Runtime provider (``"cpu"``, ``"cuda"``, ``"tensorrt"``) for ``.onnx`` models.
-        tile: tile side in input pixels; None chooses from free memory; 0 turns tiling off.
+        tile: tile side in input pixels; None chooses from free memory (the whole image when it
+            fits, else equal tiles as large as the budget allows); 0 turns tiling off.
         tile_overlap: context pixels around each tile; None for the model's receptive radius
             (:func:`sr_runtime.tiling.default_overlap`), which makes tiled equal whole-image output.
         batch: tiles (or video frames) per backend call; None: 4 on CUDA, 1 on CPU.
@@ -119,6 +127,8 @@ class Upscaler:
             ``$SR_RUNTIME_CACHE`` or ``~/.cache/sr_runtime``), or build it per process. With
             ``backend="auto"`` a checkpoint runs in the fastest form that passes the parity gate
             on this machine (:mod:`sr_runtime.accel`); ``backend="torch"`` runs PyTorch eagerly.
+        memory_budget: bytes of working memory the automatic tile plans for; None: a quarter of the
+            available RAM on CPU, half the free device memory on CUDA.
 
     Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError. Use as a
     context manager or call :meth:`close` to free device memory.
@@ -142,6 +152,7 @@ class Upscaler:
         runs_dir: str | os.PathLike = "runs",
         cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
+        memory_budget: int | None = None,
     ) -> None:
         if model is None:
             if scale is None:
@@ -155,6 +166,9 @@ class Upscaler:
             raise InputError(f"tile overlap must be >= 0, got {tile_overlap}")
         if batch is not None and batch < 1:
             raise InputError(f"batch must be >= 1, got {batch}")
+        if memory_budget is not None and memory_budget < 1:
+            raise InputError(f"memory budget must be a positive number of bytes, got {memory_budget}")
+        self.memory_budget = memory_budget
         self.backend: Backend = create_backend(
             model,
             scale=scale,
@@ -236,6 +250,17 @@ class Upscaler:
                 budget, cap = free, _CUDA_MAX_TILE
             else:
                 budget, cap = _available_ram() // 2, _CPU_MAX_TILE
+            budget = budget // 2 if self.memory_budget is None else self.memory_budget
+            if whole_image_ok:
+                # The whole image when it fits the budget (no seams, no overlap work), else equal
+                # tiles as large as the budget allows, chosen for the least recomputed overlap.
+                max_pixels = min(
+                    tile_pixel_budget(budget, scale=self.scale, element_size=element, batch=self.batch), cap * cap
+                )
+                return balanced_tile(
+                    height, width, max_pixels=max_pixels, overlap=self.overlap, multiple_of=self.spec.multiple_of,
+                    min_size=self._min_size(), max_hw=limits.max_hw,
+                ), False
             tile = choose_tile_size(
                 budget,
                 scale=self.scale,
@@ -245,15 +270,17 @@ class Upscaler:
                 min_size=self.spec.min_size,
                 overlap=self.overlap,
                 max_tile=cap,
+                budget_fraction=1.0,
             )
-            if whole_image_ok and height * width <= tile * tile and limits.max_hw is None:
-                return None, False  # the whole image fits the budget: no seams, no overlap work
         if limits.max_hw is not None:
             return (min(tile, limits.max_hw[0]), min(tile, limits.max_hw[1])), False
         return tile, False
 
     def _min_size(self) -> int:
-        return max(self.spec.min_size, *self.backend.limits.min_hw)
+        limits = self.backend.limits
+        if limits.static_hw:  # every tile has exactly that (maybe not square) shape: no side may be refused
+            return min(limits.min_hw)
+        return max(self.spec.min_size, *limits.min_hw)
 
     def _prepare(self, peak: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
         dtype = self.backend.input_dtype
@@ -438,30 +465,73 @@ class Upscaler:
         the container does not say). Nothing is left at ``dst`` on failure or Ctrl-C.
         Raises InputError, VideoError.
         """
-        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt, probe_video
+        from sr_runtime.video import probe_video
 
-        start = time.perf_counter()
         src, dst = Path(src), Path(dst)
         if src.resolve() == dst.resolve():
             raise InputError(f"{dst}: the output would overwrite the input; choose another name")
         info = probe_video(src)
+        return self._video_pass(
+            src, dst, info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress, whole=True
+        )
+
+    def upscale_video_segment(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        info,
+        *,
+        start_pts: int,
+        end_pts: int | None,
+        seek_pts: int | None,
+        first_index: int = 0,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        preset: str | None = None,
+        pix_fmt: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> VideoResult:
+        """Upscale the frames of ``src`` with ``start_pts <= pts < end_pts`` (``end_pts`` None: to the
+        end) into a video-only ``dst``, decoding from the keyframe at ``seek_pts``; ``info`` is
+        :func:`sr_runtime.video.probe_video` of ``src``. The pieces of a segmented job
+        (:mod:`sr_runtime.videojob`), joined by :func:`sr_runtime.video.join_segments`, which adds
+        the audio and the display matrix. Written atomically, as :meth:`upscale_video`."""
+        return self._video_pass(
+            Path(src), Path(dst), info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress,
+            whole=False, reader_range={"start_pts": start_pts, "end_pts": end_pts, "seek_pts": seek_pts,
+                                       "first_index": first_index},
+        )
+
+    def _video_pass(
+        self, src: Path, dst: Path, info, *, codec, crf, preset, pix_fmt, progress, whole: bool,
+        reader_range: dict | None = None,
+    ) -> VideoResult:
+        """Decode, upscale and encode ``src`` (or a range of it) into ``dst``; ``whole``: the entire
+        video with its audio/subtitles and display matrix, else a video-only segment."""
+        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt
+
+        start = time.perf_counter()
         s = self.scale
         pix_fmt = pix_fmt or default_pix_fmt(codec, info.pix_fmt)
+        total = info.frames if whole else 0
         with self._lock, VideoWriter(
             dst,
             width=info.width * s,
             height=info.height * s,
             rate=info.rate,
             time_base=info.time_base,
-            source=src,
+            source=src if whole else None,
             codec=codec,
             pix_fmt=pix_fmt,
             crf=crf,
             preset=preset,
             color=info.color,
-            display_matrix=info.display_matrix,
-        ) as writer, VideoReader(src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2) as reader:
-            log.info(
+            display_matrix=info.display_matrix if whole else None,
+        ) as writer, VideoReader(
+            src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2, **(reader_range or {})
+        ) as reader:
+            log.log(
+                logging.INFO if whole else logging.DEBUG,
                 "video: %s %dx%d %s, %d frames -> %s %dx%d %s %s",
                 src.name, info.width, info.height, info.pix_fmt, info.frames, dst.name, writer.width,
                 writer.height, codec, pix_fmt,
@@ -475,7 +545,7 @@ class Upscaler:
                 pipeline.process(frames, infos)
                 done += len(frames)
                 if progress is not None:
-                    progress(done, info.frames)
+                    progress(done, total)
             writer.close()
             skipped = reader.skipped_packets
         if skipped:
@@ -530,8 +600,11 @@ class _FramePipeline:
 
         def write(index, box, crop):
             y0, y1, x0, x1 = box
-            q = crop.to(torch.float32).clamp(0, 1).mul(peak).round()
-            out[index, y0:y1, x0:x1, :] = q.permute(1, 2, 0).to(out.dtype)
+            if not self.cuda:
+                _quantize_hwc(crop, out[index, y0:y1, x0:x1, :].numpy(), peak)
+                return
+            q = crop.to(torch.float32).mul(peak).clamp_(0, peak).round_()
+            out[index, y0:y1, x0:x1, :] = q.permute(1, 2, 0)
 
         up._run(lr.permute(0, 3, 1, 2), write, peak=self.in_peak)
         if not self.cuda:
@@ -544,6 +617,27 @@ class _FramePipeline:
         self.writer.write(
             host[:n].numpy(), infos, wait=copied.synchronize, release=lambda: self.downloads.put(host)
         )
+
+
+_QUANTIZE_ROWS = 16
+"""Rows per band in :func:`_quantize_hwc`: a band's float32 buffer (16 x 2560 x 3 x 4 B = 480 KiB at
+1440p) stays in L2 through all four passes."""
+
+
+def _quantize_hwc(crop: torch.Tensor, out: np.ndarray, peak: float) -> None:
+    """``clamp(crop, 0, 1) * peak`` rounded half to even, (C, h, w) float CPU tensor into (h, w, C)
+    ``out``, band by band in numpy (single-threaded, no torch thread pool to wake): a third of the
+    CPU time of the whole-frame torch ops at 1440p, where each pass went through main memory."""
+    src = crop.detach().to(torch.float32).numpy()
+    rows = _QUANTIZE_ROWS
+    buf = np.empty((rows, src.shape[2], src.shape[0]), np.float32)
+    for y in range(0, src.shape[1], rows):
+        band = src[:, y : y + rows].transpose(1, 2, 0)
+        tmp = buf[: band.shape[0]]
+        np.multiply(band, peak, out=tmp)
+        np.clip(tmp, 0.0, peak, out=tmp)
+        np.rint(tmp, out=tmp)
+        out[y : y + rows] = tmp
 
 
 def _split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -51,6 +51,7 @@ __all__ = [
     "VideoReader",
     "VideoWriter",
     "is_video",
+    "join_segments",
 ]
 
 log = logging.getLogger(__name__)
@@ -273,17 +274,53 @@ class VideoReader:
     logged and skipped (``skipped_packets`` counts them). Use as a context manager (stops the thread).
     """
 
-    def __init__(self, path: str | os.PathLike, *, high_bit_depth: bool = False, queue_size: int = 8) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        high_bit_depth: bool = False,
+        queue_size: int = 8,
+        start_pts: int | None = None,
+        end_pts: int | None = None,
+        seek_pts: int | None = None,
+        first_index: int = 0,
+    ) -> None:
         self.path = Path(path)
         self._container = _open_input(self.path)
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
+        self._start_pts, self._end_pts, self._first_index = start_pts, end_pts, first_index
+        if seek_pts is not None and seek_pts > (self._stream.start_time or 0):
+            self._seek(seek_pts)
         self._format = "rgb48le" if high_bit_depth else "rgb24"
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
         self.skipped_packets = 0
         self._thread = threading.Thread(target=self._decode, name="sr-video-decode", daemon=True)
         self._thread.start()
+
+    def _seek(self, pts: int) -> None:
+        """Seek to the keyframe at or before ``pts``; if the demuxer lands after ``start_pts`` (an
+        index that does not list that keyframe), read from the beginning instead: slower, never wrong."""
+        av = _av()
+        try:
+            self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+        except av.FFmpegError as e:
+            log.debug("%s: seek to pts %d failed (%s); reading from the start", self.path.name, pts, e)
+            self._rewind()
+            return
+        first = next((p for p in self._container.demux(self._stream) if p.pts is not None), None)
+        if first is None or (self._start_pts is not None and first.pts > self._start_pts):
+            log.debug("%s: seek to pts %d landed at %s; reading from the start", self.path.name, pts, first and first.pts)
+            self._rewind()
+            return
+        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+
+    def _rewind(self) -> None:
+        self._container.close()
+        self._container = _open_input(self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -323,7 +360,12 @@ class VideoReader:
                         step = 1 / (self._stream.average_rate * self._stream.time_base)
                         pts = int(last_pts + step)
                     last_pts = pts
-                    info = FrameInfo(index, pts, frame.time_base or self._stream.time_base)
+                    if pts is not None and self._start_pts is not None and pts < self._start_pts:
+                        continue  # decoded from the keyframe before the range: context only
+                    if pts is not None and self._end_pts is not None and pts >= self._end_pts:
+                        self._put(_END)
+                        return
+                    info = FrameInfo(self._first_index + index, pts, frame.time_base or self._stream.time_base)
                     if not self._put((self._to_rgb(frame), info)):
                         return
                     index += 1
@@ -367,6 +409,108 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_output(tmp: Path, dst: Path):
+    """Open ``tmp`` for writing in the container of ``dst``'s suffix.
+
+    ``flush_packets``: each packet reaches the file when muxed, so a full disk fails that mux call
+    instead of the close, after every frame has been computed."""
+    av = _av()
+    options = {"flush_packets": "1", "max_interleave_delta": str(_INTERLEAVE_US)}
+    if dst.suffix.lower() in (".mkv", ".webm"):
+        options["cluster_time_limit"] = str(_MKV_CLUSTER_MS)
+    return av.open(str(tmp), "w", container_options=options)
+
+
+def _partial_name(dst: Path) -> Path:
+    """A hidden temporary name beside ``dst``, same folder (atomic rename), real suffix last."""
+    return dst.with_name(f".{dst.stem}.{secrets.token_hex(4)}.partial{dst.suffix}")
+
+
+def _write_failure(dst: Path, e: BaseException, when: str) -> VideoError:
+    code = getattr(e, "errno", None)
+    if isinstance(e, OSError) and code in _WRITE_ERRORS:
+        return VideoError(
+            f"{dst}: cannot write the output: {_WRITE_ERRORS[code]} ({os.strerror(code)}, in "
+            f"{dst.parent}) {when}; stopped, no partial file is kept"
+        )
+    return VideoError(f"{dst}: writing failed ({e})")
+
+
+def _close_quietly(container) -> None:
+    if container is None:
+        return
+    try:
+        container.close()
+    except Exception as e:  # closing a half-written container can fail; the file goes anyway
+        log.debug("closing %s after a failure: %s", container, e)
+
+
+_DROPPED_METADATA = ("encoder", "creation_time", "major_brand", "minor_version", "compatible_brands")
+"""Container tags that describe the file written, not the content: the muxer writes its own."""
+
+
+class _StreamCopier:
+    """Copies ``source``'s audio and subtitle streams packet for packet into ``out`` (no
+    re-encoding), with the container's metadata and chapters; :meth:`copy_until` keeps the output
+    interleaved with the video being written."""
+
+    def __init__(self, source: Path, out, dst: Path, mux: Callable[[Any], None]) -> None:
+        self._source = _open_input(source)
+        self._mux = mux
+        self._pairs: list = []
+        self._pending = None
+        supported = out.supported_codecs
+        for in_stream in self._source.streams:
+            if in_stream.type not in ("audio", "subtitle"):
+                continue
+            name = in_stream.codec_context.name
+            if supported and name not in supported:
+                self.close()
+                raise VideoError(
+                    f"{source.name}: {in_stream.type} stream #{in_stream.index} ({name}) cannot be stored in a "
+                    f"{dst.suffix} file without re-encoding; write to .mkv instead (-o out.mkv)"
+                )
+            out_stream = out.add_stream_from_template(in_stream)
+            for key, value in (in_stream.metadata or {}).items():
+                out_stream.metadata[key] = value
+            self._pairs.append((in_stream, out_stream))
+        for key, value in (self._source.metadata or {}).items():
+            if key.lower() not in _DROPPED_METADATA:
+                out.metadata[key] = value
+        chapters = self._source.chapters() if hasattr(self._source, "chapters") else []
+        if chapters and hasattr(out, "set_chapters"):
+            out.set_chapters(chapters)
+        if self._pairs:
+            self._packets = self._source.demux(*[s for s, _ in self._pairs])
+            self._out_of = {id(s): o for s, o in self._pairs}
+            log.info("copying %d audio/subtitle stream(s) without re-encoding", len(self._pairs))
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux copied packets up to ``seconds`` (all of them when None)."""
+        if not self._pairs:
+            return
+        while True:
+            packet = self._pending
+            if packet is None:
+                packet = next(self._packets, None)
+                if packet is None:
+                    self._pairs = []
+                    return
+            if packet.size == 0:  # demuxer flush packet: nothing to copy
+                self._pending = None
+                continue
+            ts = packet.dts if packet.dts is not None else packet.pts
+            if seconds is not None and ts is not None and float(ts * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            self._pending = None
+            packet.stream = self._out_of[id(packet.stream)]
+            self._mux(packet)
+
+    def close(self) -> None:
+        _close_quietly(self._source)
 
 
 @dataclass
@@ -432,17 +576,11 @@ class VideoWriter:
 
         # Not mkstemp: FFmpeg creates the file, with the usual permissions. Same folder, so the
         # final rename is atomic; the real suffix last, so FFmpeg picks the container from it.
-        self._tmp = self.dst.with_name(f".{self.dst.stem}.{secrets.token_hex(4)}.partial{self.dst.suffix}")
-        self._source = None
-        self._copy_pairs: list = []
+        self._tmp = _partial_name(self.dst)
+        self._copier: _StreamCopier | None = None
         self._closed = False
         try:
-            # flush_packets: each packet reaches the file when muxed, so a full disk fails that mux
-            # call instead of the close, after every frame has been computed.
-            options = {"flush_packets": "1", "max_interleave_delta": str(_INTERLEAVE_US)}
-            if self.dst.suffix.lower() in (".mkv", ".webm"):
-                options["cluster_time_limit"] = str(_MKV_CLUSTER_MS)
-            self._out = av.open(str(self._tmp), "w", container_options=options)
+            self._out = _open_output(self._tmp, self.dst)
             stream = self._out.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
             stream.time_base = time_base
@@ -456,7 +594,7 @@ class VideoWriter:
                 stream.set_display_matrix(display_matrix)
             self._stream = stream
             if source is not None:
-                self._open_copies(Path(source))
+                self._copier = _StreamCopier(Path(source), self._out, self.dst, self._mux)
         except BaseException as e:
             self._discard()
             if isinstance(e, av.FFmpegError):
@@ -466,47 +604,6 @@ class VideoWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode_loop, name="sr-video-encode", daemon=True)
         self._thread.start()
-
-    def _open_copies(self, source: Path) -> None:
-        self._source = _open_input(source)
-        supported = self._out.supported_codecs
-        for in_stream in self._source.streams:
-            if in_stream.type not in ("audio", "subtitle"):
-                continue
-            name = in_stream.codec_context.name
-            if supported and name not in supported:
-                raise VideoError(
-                    f"{source.name}: {in_stream.type} stream #{in_stream.index} ({name}) cannot be stored in a "
-                    f"{self.dst.suffix} file without re-encoding; write to .mkv instead (-o out.mkv)"
-                )
-            self._copy_pairs.append((in_stream, self._out.add_stream_from_template(in_stream)))
-        if self._copy_pairs:
-            self._packets = self._source.demux(*[s for s, _ in self._copy_pairs])
-            self._pending = None
-            self._out_of = {id(s): o for s, o in self._copy_pairs}
-            log.info("copying %d audio/subtitle stream(s) without re-encoding", len(self._copy_pairs))
-
-    def _copy_until(self, seconds: float | None) -> None:
-        """Mux copied packets up to ``seconds`` (all of them when None), keeping the file interleaved."""
-        if not self._copy_pairs:
-            return
-        while True:
-            packet = self._pending
-            if packet is None:
-                packet = next(self._packets, None)
-                if packet is None:
-                    self._copy_pairs = []
-                    return
-            if packet.size == 0:  # demuxer flush packet: nothing to copy
-                self._pending = None
-                continue
-            ts = packet.dts if packet.dts is not None else packet.pts
-            if seconds is not None and ts is not None and float(ts * packet.time_base) > seconds:
-                self._pending = packet
-                return
-            self._pending = None
-            packet.stream = self._out_of[id(packet.stream)]
-            self._mux(packet)
 
     def write(
         self,
@@ -540,13 +637,7 @@ class VideoWriter:
             raise self._failure(self._error) from self._error
 
     def _failure(self, e: BaseException) -> VideoError:
-        code = getattr(e, "errno", None)
-        if isinstance(e, OSError) and code in _WRITE_ERRORS:
-            return VideoError(
-                f"{self.dst}: cannot write the output: {_WRITE_ERRORS[code]} ({os.strerror(code)}, in "
-                f"{self.dst.parent}) after encoding {self.frames_written} frames; stopped, no partial file is kept"
-            )
-        return VideoError(f"{self.dst}: encoding failed ({e})")
+        return _write_failure(self.dst, e, f"after encoding {self.frames_written} frames")
 
     def _mux(self, packet) -> None:
         self._out.mux(packet)
@@ -569,7 +660,8 @@ class VideoWriter:
                         item.release()
             for packet in self._stream.encode():
                 self._mux(packet)
-            self._copy_until(None)
+            if self._copier is not None:
+                self._copier.copy_until(None)
         except BaseException as e:
             self._error = e
             while True:  # unblock a producer waiting on a full queue, hand back its buffers
@@ -596,8 +688,8 @@ class VideoWriter:
         frame.pts = info.pts
         if info.time_base is not None:
             frame.time_base = info.time_base
-        if info.pts is not None and info.time_base is not None:
-            self._copy_until(float(info.pts * info.time_base))
+        if self._copier is not None and info.pts is not None and info.time_base is not None:
+            self._copier.copy_until(float(info.pts * info.time_base))
         for packet in self._stream.encode(frame):
             self._mux(packet)
         self.frames_written += 1
@@ -620,8 +712,8 @@ class VideoWriter:
                 self._out.close()  # the trailer and the last buffered bytes: a full disk can show here
             except OSError as e:
                 raise self._failure(e) from e
-            if self._source is not None:
-                self._source.close()
+            if self._copier is not None:
+                self._copier.close()
             if self.frames_written == 0:
                 raise VideoError(f"{self.dst}: no frame was decoded from the input; nothing written")
             os.replace(self._tmp, self.dst)
@@ -633,12 +725,9 @@ class VideoWriter:
 
     def _discard(self) -> None:
         self._closed = True
-        for container in (getattr(self, "_out", None), self._source):
-            if container is not None:
-                try:
-                    container.close()
-                except Exception as e:  # closing a half-written container can fail; the file goes anyway
-                    log.debug("closing %s after a failure: %s", container, e)
+        if self._copier is not None:
+            self._copier.close()
+        _close_quietly(getattr(self, "_out", None))
         self._tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
@@ -667,3 +756,94 @@ class VideoWriter:
             self.abort()
         elif not self._closed:
             self.close()
+
+
+def join_segments(
+    parts: list[Path],
+    dst: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    display_matrix: tuple[int, ...] | None = None,
+) -> int:
+    """Join video-only segment files (each written by :class:`VideoWriter` with the same encoder
+    settings, in order) into ``dst`` by stream copy, with ``source``'s audio and subtitle streams,
+    metadata and chapters copied once and ``display_matrix`` set on the video stream.
+
+    Packets keep their timestamps. Where a segment's first decode timestamps fall at or before the
+    previous segment's last (the encoder's B-frame delay restarts at each segment), they are moved
+    up by one tick each, which leaves every presentation timestamp as it was. Written to a temporary
+    file and renamed; returns the number of video packets. Raises VideoError (segments encoded
+    differently, or a write error such as a full disk).
+    """
+    av = _av()
+    dst = Path(dst)
+    if not parts:
+        raise VideoError(f"{dst}: no segments to join")
+    tmp = _partial_name(dst)
+    out = copier = None
+    written = 0
+    try:
+        out = _open_output(tmp, dst)
+        first = _open_input(parts[0])
+        try:
+            template = first.streams.video[0]
+            reference = (template.codec_context.name, template.codec_context.extradata, template.width,
+                         template.height, template.time_base)
+            stream = out.add_stream_from_template(template)
+            stream.time_base = template.time_base
+        finally:
+            first.close()
+        if display_matrix is not None:
+            stream.set_display_matrix(display_matrix)
+        if source is not None:
+            copier = _StreamCopier(Path(source), out, dst, out.mux)
+        last_dts: int | None = None
+        for n, part in enumerate(parts):
+            container = _open_input(part)
+            try:
+                vs = container.streams.video[0]
+                got = (vs.codec_context.name, vs.codec_context.extradata, vs.width, vs.height, vs.time_base)
+                if got != reference:
+                    raise VideoError(
+                        f"{part.name}: segment {n} was encoded with other settings than segment 0 "
+                        f"({got[0]} {got[2]}x{got[3]} vs {reference[0]} {reference[2]}x{reference[3]}); "
+                        "run again with --restart"
+                    )
+                for packet in container.demux(vs):
+                    if packet.size == 0:
+                        continue
+                    if packet.dts is not None and last_dts is not None and packet.dts <= last_dts:
+                        moved = last_dts + 1
+                        if packet.pts is not None and moved > packet.pts:
+                            raise VideoError(
+                                f"{part.name}: segment {n} overlaps the one before it in time "
+                                f"(pts {packet.pts} <= {last_dts}); run again with --restart"
+                            )
+                        packet.dts = moved
+                    if packet.dts is not None:
+                        last_dts = packet.dts
+                    if copier is not None:
+                        ts = packet.dts if packet.dts is not None else packet.pts
+                        if ts is not None:
+                            copier.copy_until(float(ts * packet.time_base))
+                    packet.stream = stream
+                    out.mux(packet)
+                    written += 1
+            finally:
+                container.close()
+        if copier is not None:
+            copier.copy_until(None)
+            copier.close()
+        out.close()
+        os.replace(tmp, dst)
+    except BaseException as e:
+        if copier is not None:
+            copier.close()
+        _close_quietly(out)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, av.FFmpegError) or getattr(e, "errno", None) in _WRITE_ERRORS:
+            raise _write_failure(dst, e, "while joining the segments (they are kept)") from e
+        if isinstance(e, av.FFmpegError):
+            raise VideoError(f"{dst}: joining the segments failed ({e})") from e
+        raise
+    return written

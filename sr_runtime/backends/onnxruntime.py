@@ -1,5 +1,6 @@
 """ONNX Runtime backend: an ``.onnx`` file (input ``lr`` N x 3 x h x w in [0, 1] -> output ``sr``)
-on an explicitly chosen execution provider.
+on an explicitly chosen execution provider. Files made by other tools (no ``io_spec`` metadata;
+Y or RGB, [0, 1] or [0, 255], static or dynamic shapes) are probed by :mod:`.onnx_probe`.
 
 Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, inputs and outputs
 bound to torch CUDA tensors with IOBinding: no host round trip per tile), ``tensorrt``
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from sr_runtime.backends.base import Backend, ShapeLimits, parse_device, resolve_file_spec
-from sr_runtime.errors import BackendUnavailableError, InputError
+from sr_runtime.backends.onnx_probe import adapter, check_io, graph_limits, probe_onnx
+from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedModelError
 from sr_runtime.spec import IOSpec
 
 __all__ = ["PROVIDERS", "OnnxRuntimeBackend", "available_providers", "read_onnx_spec"]
@@ -91,10 +93,14 @@ class OnnxRuntimeBackend(Backend):
     ``provider``: ``cpu``, ``cuda`` or ``tensorrt`` (see :data:`PROVIDERS`); ``device``: the CUDA
     device for GPU providers (``cuda:N``), ``cpu`` otherwise. ``precision``: None for the file's own
     (its ``precision`` metadata, else FP16 when its input is float16), ``fp32``, or ``fp16`` (an FP16 file, or FP32 file on the TensorRT
-    provider with its FP16 mode). ``spec``: the model's IOSpec when the file's metadata lacks it; a
-    ``scale`` alone then gives ``IOSpec(scale)``. ``threads``: intra-op threads on CPU (None: ONNX
-    Runtime's default). Raises BackendUnavailableError for a provider, device or precision that is
-    not available, InputError for a file that is not a single-input single-output SR model.
+    provider with its FP16 mode). ``spec``: the model's IOSpec when the file's metadata lacks it
+    (the graph then must take RGB in [0, 1]); without either, the file is a foreign one and its
+    scale, channels, value range and static shape are read from the graph and one probe run
+    (:mod:`sr_runtime.backends.onnx_probe`), with ``scale`` checked against them. ``threads``:
+    intra-op threads on CPU (None: ONNX Runtime's default). Raises BackendUnavailableError for a
+    provider, device or precision that is not available, UnsupportedScaleError for a ``scale`` the
+    file does not have, UnsupportedModelError (an InputError) for a file that is not a
+    single-input single-output image-to-image model.
     """
 
     name = "onnxruntime"
@@ -156,15 +162,13 @@ class OnnxRuntimeBackend(Backend):
             )
 
         inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise InputError(
-                f"{path}: expected one input and one output (lr -> sr), got inputs {[i.name for i in inputs]} "
-                f"and outputs {[o.name for o in outputs]}"
-            )
+        check_io(path, inputs, outputs)
         np_in = _NP_DTYPES.get(inputs[0].type)
         np_out = _NP_DTYPES.get(outputs[0].type)
         if np_in is None or np_out is None:
-            raise InputError(f"{path}: input/output types {inputs[0].type}/{outputs[0].type} are not float32/float16")
+            raise UnsupportedModelError(
+                f"{path}: input/output types {inputs[0].type}/{outputs[0].type} are not float32/float16"
+            )
         metadata = session.get_modelmeta().custom_metadata_map
         # sr-export's FP16 files keep FP32 I/O by default and say "precision": "fp16" in metadata.
         file_precision = metadata.get("precision") or ("fp16" if np_in == np.float16 else "fp32")
@@ -176,10 +180,20 @@ class OnnxRuntimeBackend(Backend):
                 f"{precision.upper()} ONNX (sr-export) or ask for {file_precision}"
             )
 
-        spec = resolve_file_spec(path, read_onnx_spec(metadata), spec, scale)
+        file_spec = read_onnx_spec(metadata)
+        limits = graph_limits(inputs[0].shape)  # static H/W: tiled at exactly that shape
+        foreign = file_spec is None and spec is None
+        if foreign:  # not an sr-export file: its contract from the graph and one probe run
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = 4  # a refused probe size is expected; ONNX Runtime would log it as an error
 
-        limits = None
-        if provider == "tensorrt":
+            def probe_run(x):
+                return session.run([outputs[0].name], {inputs[0].name: x}, quiet)[0]
+
+            file_spec = probe_onnx(path, probe_run, inputs[0].shape, np_in).spec
+        spec = resolve_file_spec(path, file_spec, spec, scale)
+
+        if provider == "tensorrt" and limits is None:
             (min_hw, _, max_hw, max_batch) = TRT_PROFILE
             limits = ShapeLimits(min_hw=min_hw, max_hw=max_hw, max_batch=max_batch)
         super().__init__(
@@ -195,6 +209,9 @@ class OnnxRuntimeBackend(Backend):
         self._session = session
         self._input_name, self._output_name = inputs[0].name, outputs[0].name
         self._np_in, self._np_out = np_in, np_out
+        # sr-export's graphs take RGB in [0, 1] whatever their network sees; a foreign Y or [0, 255]
+        # graph gets the conversion around the session.
+        self._adapter = adapter(spec, self._run_raw, _TORCH_DTYPES[np_in], dev) if foreign else None
 
     @staticmethod
     def _providers(
@@ -236,6 +253,9 @@ class OnnxRuntimeBackend(Backend):
         return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
     def _run(self, lr: torch.Tensor) -> torch.Tensor:
+        return self._run_raw(lr) if self._adapter is None else self._adapter(lr)
+
+    def _run_raw(self, lr: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             out = self._session.run([self._output_name], {self._input_name: lr.contiguous().numpy()})[0]
             return torch.from_numpy(out)
@@ -266,6 +286,7 @@ class OnnxRuntimeBackend(Backend):
     def _release(self) -> None:
         self._session = None
         self._stream = None
+        self._adapter = None
 
 
 def _graph_input_name(path: Path) -> str:

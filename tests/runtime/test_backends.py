@@ -197,14 +197,15 @@ def test_torch_backend_matches_the_deploy_model(fsrcnn_files, photo_crop):
             assert rgb_psnr(backend.run(photo_crop), expected) >= 80
 
 
-def test_onnx_without_metadata_needs_a_scale(tmp_path, fsrcnn_files):
+def test_onnx_without_metadata_is_probed_and_a_scale_is_checked(tmp_path, fsrcnn_files):
+    """No io_spec: the scale is probed (tests/runtime/test_foreign_onnx.py has the rest)."""
     bare = export_onnx(fsrcnn_files[0], tmp_path / "bare.onnx", with_spec=False)
-    with pytest.raises(InputError, match="--scale"):
-        create_backend(bare)
-    with create_backend(bare, scale=2) as backend:
-        assert backend.run(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
-    with create_backend(bare, scale=3) as wrong, pytest.raises(InputError, match="scale"):
-        wrong.run(torch.rand(1, 3, 8, 8))
+    for scale in (None, 2):
+        with create_backend(bare, scale=scale) as backend:
+            assert backend.scale == 2
+            assert backend.run(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+    with pytest.raises(UnsupportedScaleError, match="x2"):
+        create_backend(bare, scale=3)
     with pytest.raises(UnsupportedScaleError):
         create_backend(fsrcnn_files[1], scale=3)
 

@@ -10,11 +10,13 @@ from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, InputError
 from sr_runtime.spec import IOSpec
 from sr_runtime.tiling import (
+    balanced_tile,
     choose_tile_size,
     default_overlap,
     plan_tiles,
     run_tiled,
     run_tiled_adaptive,
+    tile_pixel_budget,
     upscale_tiled,
 )
 
@@ -198,3 +200,84 @@ def test_default_overlap_covers_receptive_radius_and_bicubic():
     assert default_overlap(IOSpec(scale=2)) == 4
     assert default_overlap(IOSpec(scale=2, receptive_radius=20)) == 20
     assert default_overlap(IOSpec(scale=2, in_channels=1, color="y", receptive_radius=20)) == 22
+
+
+# --- the automatic tile: balanced, bounded overlap work, within the memory budget ----------------
+
+BALANCED_CASES = [
+    # (height, width, max_pixels, overlap, multiple_of)
+    (720, 1280, 345_000, 9, 1),
+    (720, 1280, 131_000, 9, 1),
+    (720, 1280, 65_000, 9, 1),
+    (1080, 1920, 500_000, 22, 4),
+    (257, 1003, 20_000, 7, 8),
+    (100, 3000, 40_000, 10, 1),
+]
+
+
+def _computed(plan) -> int:
+    return plan.tiles_per_image * plan.tile_h * plan.tile_w
+
+
+@pytest.mark.parametrize("h,w,max_pixels,overlap,m", BALANCED_CASES)
+def test_automatic_tiles_are_equal_and_cover_the_image_without_a_thin_remainder(h, w, max_pixels, overlap, m):
+    tile = balanced_tile(h, w, max_pixels=max_pixels, overlap=overlap, multiple_of=m)
+    assert tile is not None
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple_of=m)
+    assert (plan.tile_h, plan.tile_w) == tile and plan.tiles_per_image > 1
+    for origins, size, padded in ((plan.ys, plan.tile_h, -(-h // m) * m), (plan.xs, plan.tile_w, -(-w // m) * m)):
+        if len(origins) == 1:
+            continue
+        # The tiles reach just past the image: the last one is pulled back by less than one
+        # multiple_of per tile (a big tile plus a thin remainder would pull it back by most of a tile).
+        n, step = len(origins), size - 2 * overlap
+        assert (n - 1) * step + size - padded < (n + 1) * m, (origins, size)
+        steps = [b - a for a, b in zip(origins, origins[1:])]
+        assert max(steps) - min(steps) < (n + 1) * m, steps
+
+
+@pytest.mark.parametrize("h,w,max_pixels,overlap,m", BALANCED_CASES)
+def test_automatic_tiles_bound_the_recomputed_overlap(h, w, max_pixels, overlap, m):
+    """n tiles along an axis of L pixels compute at most L + 2 * overlap * (n - 1) (+ rounding) pixels of
+    it, and no square tile within the budget computes fewer pixels in all."""
+    tile = balanced_tile(h, w, max_pixels=max_pixels, overlap=overlap, multiple_of=m)
+    plan = plan_tiles(h, w, tile=tile, overlap=overlap, multiple_of=m)
+    ny, nx = len(plan.ys), len(plan.xs)
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    bound = (hp + 2 * overlap * (ny - 1) + ny * m) * (wp + 2 * overlap * (nx - 1) + nx * m)
+    assert _computed(plan) <= bound
+    lower = -(-(2 * overlap + 16) // m) * m
+    for side in range(lower, int(max_pixels**0.5) + 1, m):
+        square = plan_tiles(h, w, tile=side, overlap=overlap, multiple_of=m)
+        assert _computed(plan) <= _computed(square), f"square tile {side} computes fewer pixels"
+
+
+def test_a_720p_frame_tiled_within_a_2_gib_budget_recomputes_under_ten_percent():
+    max_pixels = tile_pixel_budget(2 << 30, scale=4)
+    tile = balanced_tile(720, 1280, max_pixels=max_pixels, overlap=9)
+    plan = plan_tiles(720, 1280, tile=tile, overlap=9)
+    assert plan.tiles_per_image > 1
+    assert _computed(plan) / (720 * 1280) - 1 <= 0.10
+    # The square tile of the same budget (the former automatic choice) recomputes far more.
+    square = plan_tiles(720, 1280, tile=int(max_pixels**0.5), overlap=9)
+    assert _computed(square) / (720 * 1280) - 1 > 0.5
+
+
+@pytest.mark.parametrize("h,w,max_pixels,overlap,m", BALANCED_CASES)
+def test_automatic_tiles_respect_the_memory_budget_and_the_shape_limits(h, w, max_pixels, overlap, m):
+    tile = balanced_tile(h, w, max_pixels=max_pixels, overlap=overlap, multiple_of=m)
+    assert tile[0] * tile[1] <= max_pixels
+    assert tile[0] % m == 0 and tile[1] % m == 0 and min(tile) >= 2 * overlap + 16
+    capped = balanced_tile(h, w, max_pixels=max_pixels, overlap=overlap, multiple_of=m, max_hw=(96, 128))
+    assert capped[0] <= 96 and capped[1] <= 128 and capped[0] * capped[1] <= max_pixels
+
+
+def test_whole_image_when_it_fits_and_the_budget_formula():
+    assert balanced_tile(360, 640, max_pixels=360 * 640, overlap=9) is None
+    assert balanced_tile(360, 640, max_pixels=360 * 640 - 1, overlap=9) is not None
+    assert balanced_tile(360, 640, max_pixels=10**9, overlap=9, max_hw=(512, 512)) is not None
+    # bytes per LR pixel = 1024 * (element / 4) * scale^2 * batch
+    assert tile_pixel_budget(1 << 30, scale=4) == (1 << 30) // (1024 * 16)
+    assert tile_pixel_budget(1 << 30, scale=4, element_size=2, batch=2) == (1 << 30) // (1024 * 16)
+    # A budget below the smallest legal tile still yields that tile, not an error.
+    assert balanced_tile(200, 200, max_pixels=10, overlap=4, multiple_of=8) == (24, 24)
