@@ -413,3 +413,17 @@ def test_progress_on_a_terminal_is_a_live_bar():
         for n in range(1, 101):
             bar.update_to(n)
     assert "\r" in out.getvalue() and "100/100" in out.getvalue()
+
+
+def test_cuts_between_keyframes_decode_from_the_keyframe_before_and_drop_its_frames(tmp_path, up):
+    """One keyframe only: every segment after the first seeks back to frame 0 and must drop the frames
+    before its start, or they would appear twice in the output."""
+    src = make_clip(tmp_path / "one_gop.mp4", frames=38, gop=1000)
+    assert all(s.seek_pts == 0 for s in plan_segments(src, 0.5))
+    single, segmented = tmp_path / "single.mp4", tmp_path / "segmented.mp4"
+    up.upscale_video(src, single, **lossless())
+    run_video(up, src, segmented, segment_seconds=0.5, quiet=True, **lossless())
+    pts_1, rgb_1 = video_frames(single)
+    pts_2, rgb_2 = video_frames(segmented)
+    assert pts_2 == pts_1 and len(rgb_2) == 38 and rgb_2 == rgb_1
+    assert audio_packets(segmented) == audio_packets(src)
