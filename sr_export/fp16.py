@@ -144,6 +144,8 @@ def _range_pass(model, calibration: Sequence[np.ndarray], range_limit: float) ->
     peaks: dict[str, float] = {}
     for lr in calibration:
         for name, value in _run_all(model, lr).items():
+            if value.size == 0:  # empty slices (window-attention masks at small sizes) hold nothing
+                continue
             finite = value[np.isfinite(value)]
             peak = float(np.max(np.abs(finite))) if finite.size else float("inf")
             peaks[name] = max(peaks.get(name, 0.0), peak)
@@ -177,12 +179,20 @@ def _first_bad_node(model32, model16, lr: np.ndarray, skip: set[str], node_rel_e
 
 
 def _convert(model32, *, keep_io_fp32: bool, block: list[str]):
+    import onnx
+
     float16 = _import_float16()
+    # Shape-inferred value_info (onnxslim leaves it in) keeps FP32 types on tensors the converter
+    # turns FP16, and the Casts it inserts around blocked ops (Resize, in nearest-upsampling nets
+    # such as ESRGAN) then fail ONNX Runtime's type check; the converter re-infers what it needs.
+    model = onnx.ModelProto()
+    model.CopyFrom(model32)
+    del model.graph.value_info[:]
     with warnings.catch_warnings():
         # One warning per weight below FP16's smallest subnormal: they become +-2^-24, harmlessly.
         warnings.simplefilter("ignore", UserWarning)
         return float16.convert_float_to_float16(
-            model32,
+            model,
             keep_io_types=keep_io_fp32,
             node_block_list=block,
             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST),

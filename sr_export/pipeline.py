@@ -29,7 +29,8 @@ import torch
 from sr_export import tensorrt as trt_export
 from sr_export.fp16 import convert_fp16
 from sr_export.manifest import Manifest, read_manifest, sha256_file, write_manifest
-from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, export_onnx, io_description, set_metadata, slim_onnx
+from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, io_description, set_metadata, slim_onnx
+from sr_runtime.export.shapes import export_dynamic
 from sr_export.profile import ShapeProfile, default_profile, format_hw
 from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
 from sr_runtime.atomic import current_umask
@@ -244,54 +245,70 @@ def run_export(req: ExportRequest) -> ExportResult:
     stem = f"{name}_x{scale}"
     out_dir = Path(req.out) if req.out is not None else Path("exports") / stem
 
-    profile = None
-    if "engine" in formats:
-        profile = default_profile(
-            spec, min_hw=req.min_shape, opt_hw=req.opt_shape, max_hw=req.max_shape, batch=req.batch
-        )
-        profile = _fit_profile(req, spec, profile, None)
-    command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
-
     trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
     sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
     if not any(h > trace[0] and w > trace[1] for h, w in sizes):
         raise ConfigError(f"a parity size must exceed the trace size {format_hw(trace)}; got {sizes}")
-    cases = parity_cases(sizes, folder=req.parity_dir)
-    with _timed(timings, "reference_torch"), torch.no_grad():
-        reference = {id(c): deploy(torch.from_numpy(c.lr)).numpy() for c in cases}
-
-    manifest = Manifest(
-        name=name,
-        scale=scale,
-        command=command,
-        source={
-            "path": str(ckpt_path),
-            "resolved_as": how,
-            "sha256": source_sha,
-            "arch": ckpt.arch,
-            "hparams": ckpt.hparams,
-            "checkpoint_name": ckpt.meta.get("name"),
-            "metrics": ckpt.meta.get("metrics") or {},
-            "code_revision": ckpt.meta.get("code_revision"),
-        },
-        io={**io_description(), "io_spec": spec.to_dict(), "trace_size": format_hw(trace)},
-    )
-    base_meta = {
-        "name": name,
-        "scale": str(scale),
-        "arch": ckpt.arch,
-        "contract": {**io_description(), "io_spec": spec.to_dict()},
-        "io_spec": spec.to_dict(),
-        "source_checkpoint": ckpt_path.name,
-        "source_sha256": source_sha,
-    }
 
     # Phase 1: the ONNX artifacts, staged beside the target and renamed into place at the end.
     with _staging_dir(out_dir, "tmp") as tmp:
         raw = tmp / f"{stem}.raw.onnx"
         final32 = tmp / f"{stem}.onnx"
         with _timed(timings, "export_onnx"):
-            export_onnx(deploy, raw, trace_size=trace, opset=req.opset)
+            # Dynamic height/width; the size multiple the graph needs may exceed the model's own
+            # (architectures that pad to a window multiple in Python): then the exported IOSpec says so.
+            shapes = export_dynamic(deploy, spec, raw, trace_size=trace, opset=req.opset)
+        if shapes.spec != spec:
+            log.info("onnx: exported with multiple_of=%d (the checkpoint's own is %d): %s",
+                     shapes.spec.multiple_of, spec.multiple_of, shapes.tried[-1])
+            spec = shapes.spec
+            trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
+            sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
+
+        profile = None
+        if "engine" in formats:
+            profile = default_profile(
+                spec, min_hw=req.min_shape, opt_hw=req.opt_shape, max_hw=req.max_shape, batch=req.batch
+            )
+            profile = _fit_profile(req, spec, profile, None)
+        command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
+
+        cases = parity_cases(sizes, folder=req.parity_dir, batch=shapes.batch or 2)
+        with _timed(timings, "reference_torch"), torch.no_grad():
+            reference = {id(c): deploy(torch.from_numpy(c.lr)).numpy() for c in cases}
+
+        shape_info = {"shapes": shapes.shapes, "multiple_of": spec.multiple_of, "batch": shapes.batch or "dynamic"}
+        if shapes.raised:
+            shape_info["why"] = f"the graph fails at the checkpoint's multiple_of {ckpt.spec.multiple_of}: {shapes.tried[0]}"
+        if shapes.batch_why:
+            shape_info["batch_why"] = shapes.batch_why
+        manifest = Manifest(
+            name=name,
+            scale=scale,
+            command=command,
+            source={
+                "path": str(ckpt_path),
+                "resolved_as": how,
+                "sha256": source_sha,
+                "arch": ckpt.arch,
+                "hparams": ckpt.hparams,
+                "checkpoint_name": ckpt.meta.get("name"),
+                "metrics": ckpt.meta.get("metrics") or {},
+                "code_revision": ckpt.meta.get("code_revision"),
+            },
+            io={**io_description(), "io_spec": spec.to_dict(), "trace_size": format_hw(trace), **shape_info},
+        )
+        base_meta = {
+            "name": name,
+            "scale": str(scale),
+            "arch": ckpt.arch,
+            "contract": {**io_description(), "io_spec": spec.to_dict(), **shape_info},
+            "io_spec": spec.to_dict(),
+            "shapes": shapes.shapes,
+            "batch": str(shapes.batch or "dynamic"),
+            "source_checkpoint": ckpt_path.name,
+            "source_sha256": source_sha,
+        }
         with _timed(timings, "parity_onnx_raw"):
             rows = check_parity(f"{raw.name} (ONNX Runtime CPU)", OnnxRunner(raw), reference, cases, precision="fp32")
         manifest.parity += rows

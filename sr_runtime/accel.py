@@ -242,6 +242,9 @@ def _build(ckpt: Checkpoint, device: torch.device, precision: str | None, source
         onnx_error = ""
         if any(c.needs_onnx for c in candidates):
             onnx_path, onnx_error = _export(ckpt, tmp / ONNX_FILE)
+        if onnx_path is None and onnx_error:
+            names = ", ".join(c.name for c in candidates if c.needs_onnx)
+            log.info("fast path: no ONNX form of %s (%s): %s; skipping %s", source, ckpt.arch, onnx_error, names)
         photos = _photos()
         inputs = _parity_inputs(ckpt, photos)
         probe = _crop(photos[0][1], _aligned(PROBE_SIDE, ckpt), _aligned(PROBE_SIDE, ckpt))
@@ -255,8 +258,7 @@ def _build(ckpt: Checkpoint, device: torch.device, precision: str | None, source
                 row: dict[str, Any] = {"name": candidate.name, "backend": candidate.backend,
                                        "precision": candidate.precision}
                 if candidate.needs_onnx and onnx_path is None:
-                    row.update(status="skipped", reason=f"ONNX export failed: {onnx_error}")
-                    log.info("fast path: skipping %s: ONNX export failed: %s", candidate.name, onnx_error)
+                    row.update(status="skipped", reason=f"no ONNX form: {onnx_error}")
                     report.append(row)
                     continue
                 try:
@@ -309,13 +311,30 @@ def _build(ckpt: Checkpoint, device: torch.device, precision: str | None, source
 
 
 def _export(ckpt: Checkpoint, path: Path) -> tuple[Path | None, str]:
-    """Write the FP32 ONNX of the checkpoint (slimmed when onnxslim is installed); (path, "") or (None, why)."""
+    """Write the FP32 ONNX of the checkpoint (slimmed when onnxslim is installed); (path, "") or (None, why).
+
+    The graph must run every size and batch the checkpoint's IOSpec allows: a graph that needs a
+    larger size multiple or a fixed batch (window-attention nets such as SwinIR and HAT, whose
+    padding and batch tracing bakes in) is not used here -- the fast path keeps torch for it, and
+    ``sr-export`` writes that ONNX with the IOSpec it needs."""
     from sr_runtime.deploy import DeployModel
-    from sr_runtime.export.onnx import export_onnx, slim_onnx
+    from sr_runtime.export.onnx import slim_onnx
+    from sr_runtime.export.shapes import export_dynamic
 
     trace = _aligned(BUILD_OPTIONS["trace"], ckpt)
+    raw = path.with_suffix(".raw.onnx")
     try:
-        raw = export_onnx(DeployModel(ckpt.model).eval(), path.with_suffix(".raw.onnx"), trace_size=(trace, trace))
+        shapes = export_dynamic(DeployModel(ckpt.model).eval(), ckpt.spec, raw, trace_size=(trace, trace),
+                                opset=BUILD_OPTIONS["opset"])
+        if shapes.spec != ckpt.spec or shapes.batch is not None:
+            need = []
+            if shapes.spec.multiple_of != ckpt.spec.multiple_of:
+                need.append(f"height/width multiples of {shapes.spec.multiple_of}")
+            if shapes.batch is not None:
+                need.append("a batch of 1")
+            raw.unlink(missing_ok=True)
+            return None, (f"its ONNX graph needs {' and '.join(need)} (sizes the traced graph bakes in); "
+                          f"sr-export writes that ONNX")
         if _have("onnxslim"):
             slim_onnx(raw, path)
             raw.unlink()

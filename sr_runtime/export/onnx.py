@@ -79,11 +79,13 @@ def export_onnx(
     *,
     trace_size: tuple[int, int] = (32, 32),
     opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
 ) -> Path:
     """Export ``model`` (a DeployModel: (N, 3, h, w) -> (N, 3, s*h, s*w)) to ``path``.
 
     Traced on CPU in FP32 at ``trace_size`` (LR height, width) with batch 1; every axis but the
-    channels is dynamic. Runs :func:`check_onnx` on the result. Raises ExportError.
+    channels is dynamic (``dynamic_batch=False``: batch fixed at 1, for graphs whose batch size
+    tracing turns into a constant). Runs :func:`check_onnx` on the result. Raises ExportError.
     """
     onnx = _import_onnx()
     path = Path(path)
@@ -103,7 +105,11 @@ def export_onnx(
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: INPUT_AXES, OUTPUT_NAME: OUTPUT_AXES},
+                dynamic_axes=(
+                    {INPUT_NAME: INPUT_AXES, OUTPUT_NAME: OUTPUT_AXES}
+                    if dynamic_batch
+                    else {INPUT_NAME: _without_batch(INPUT_AXES), OUTPUT_NAME: _without_batch(OUTPUT_AXES)}
+                ),
                 opset_version=opset,
                 do_constant_folding=True,
                 export_params=True,
@@ -122,10 +128,25 @@ def export_onnx(
     return path
 
 
+def _without_batch(axes: dict[int, str]) -> dict[int, str]:
+    return {i: n for i, n in axes.items() if i != 0}
+
+
+def _static_batch(value) -> bool:
+    dims = value.type.tensor_type.shape.dim
+    return len(dims) == 4 and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+
+
 def _name_dims(proto) -> None:
-    """Make sure the graph I/O carry the named dynamic axes (the exporter may leave expressions)."""
+    """Make sure the graph I/O carry the named dynamic axes (the exporter may leave expressions);
+    a batch fixed at 1 by the export stays fixed."""
+    static = _static_batch(proto.graph.input[0])
     for value, axes in ((proto.graph.input[0], INPUT_AXES), (proto.graph.output[0], OUTPUT_AXES)):
         dims = value.type.tensor_type.shape.dim
+        if static:
+            axes = _without_batch(axes)
+            dims[0].Clear()
+            dims[0].dim_value = 1
         for index, name in axes.items():
             dims[index].Clear()
             dims[index].dim_param = name
@@ -151,8 +172,13 @@ def check_onnx(path: str | Path) -> None:
             f"{path.name}: graph I/O is {[i.name for i in inputs]} -> {[o.name for o in graph.output]}, "
             f"expected [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
         )
+    static = _static_batch(inputs[0])
     for value, axes in ((inputs[0], INPUT_AXES), (graph.output[0], OUTPUT_AXES)):
         dims = value.type.tensor_type.shape.dim
+        if static:  # batch fixed at 1 (export_onnx(dynamic_batch=False)): the input's and the output's
+            if not _static_batch(value):
+                raise ExportError(f"{path.name}: {value.name} has a dynamic batch but the input's is fixed at 1")
+            axes = _without_batch(axes)
         got = {i: d.dim_param for i, d in enumerate(dims) if d.dim_param}
         if len(dims) != 4 or got != axes:
             raise ExportError(f"{path.name}: {value.name} has dynamic axes {got}, expected {axes}")
