@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -181,27 +181,7 @@ def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:
 
 def _fit_profile(req: ExportRequest, spec, profile: ShapeProfile, onnx_path: Path | None) -> ShapeProfile:
     """Check the element limit; a *default* max shape too large for the model is lowered (and logged)."""
-    for _ in range(4):
-        try:
-            trt_export.check_element_limit(spec, profile, onnx_path=onnx_path)
-            return profile
-        except ConfigError:
-            if req.max_shape is not None:
-                raise
-            widest = trt_export.max_shape_tensors(spec, profile, onnx_path=onnx_path)[0]
-            new_max = profile.scaled_max((trt_export.TRT_ELEMENT_LIMIT / widest.elements) ** 0.5 * 0.999, spec)
-            new_opt = (min(profile.opt[0], new_max[0]), min(profile.opt[1], new_max[1]))
-            log.warning(
-                "profile: the default max shape %s puts %s elements in tensor %r, over TensorRT's limit; "
-                "using max %s (tile larger inputs, or pass --max-shape)",
-                format_hw(profile.max),
-                f"{widest.elements:,}",
-                widest.name,
-                format_hw(new_max),
-            )
-            profile = replace(profile, max=new_max, opt=new_opt)
-    trt_export.check_element_limit(spec, profile, onnx_path=onnx_path)
-    return profile
+    return trt_export.fit_profile(spec, profile, onnx_path=onnx_path, keep_max=req.max_shape is not None)
 
 
 def _parity_summary(rows: list[ParityRow]) -> dict:

@@ -79,25 +79,40 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+"""TensorRT's pip distributions: the ``tensorrt`` meta package, or only a CUDA-specific one."""
+
+
+def _first_version(dists: tuple[str, ...]) -> str | None:
+    for dist in dists:
+        version = _version(dist)
+        if version is not None:
+            return version
+    return None
+
+
 def machine_record(device: torch.device) -> dict[str, Any]:
-    """What an artifact's validity and speed depend on: library versions and the device."""
-    record: dict[str, Any] = {
-        "versions": {
-            name: _version(dist)
-            for name, dist in (
-                ("torch", "torch"),
-                ("onnx", "onnx"),
-                ("onnxruntime", "onnxruntime"),
-                ("onnxruntime-gpu", "onnxruntime-gpu"),
-                ("openvino", "openvino"),
-                ("tensorrt", "tensorrt"),
-            )
-        },
-        "device": device.type,
+    """What an artifact's validity and speed depend on: library versions and the device (on CUDA:
+    GPU name, compute capability, the CUDA and cuDNN torch was built with; an engine runs only
+    where it was built)."""
+    versions = {
+        name: _version(dist)
+        for name, dist in (
+            ("torch", "torch"),
+            ("onnx", "onnx"),
+            ("onnxruntime", "onnxruntime"),
+            ("onnxruntime-gpu", "onnxruntime-gpu"),
+            ("onnxconverter-common", "onnxconverter-common"),
+            ("openvino", "openvino"),
+        )
     }
+    versions["tensorrt"] = _first_version(TENSORRT_DISTRIBUTIONS)
+    record: dict[str, Any] = {"versions": versions, "device": device.type}
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
         record["capability"] = list(torch.cuda.get_device_capability(device))
+        record["cuda"] = torch.version.cuda
+        record["cudnn"] = torch.backends.cudnn.version()
     else:
         flags = cpu_flags()
         record["cpu_bf16"] = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})

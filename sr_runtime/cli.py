@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument(
         "--bf16", dest="precision", action="store_const", const="bf16", help="bfloat16 (openvino backend, BF16 CPUs)"
     )
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (torch backend; on a GPU the fast path then picks among the "
+                   "compiled torch forms, FP16 channels-last and FP32)")
     g.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs (torch backend, CUDA)")
     g.add_argument("--tile", type=int, help="tile side in input pixels; 0 turns tiling off (default: from free memory)")
     g.add_argument("--tile-overlap", type=int, help="overlap in input pixels (default: the model's receptive radius)")

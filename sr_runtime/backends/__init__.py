@@ -13,10 +13,11 @@ What runs where (decided by what the user passes, never by silently switching):
 
 ``backend="auto"`` picks the backend implied by the file and the fastest device available for it
 (TensorRT engine > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU, among those
-that can run what was given) and logs the choice. An explicit backend, device, provider or
-precision that cannot be honoured raises BackendUnavailableError listing what is available; the
-runtime never exports a checkpoint on the fly (that is ``sr-export``'s job) and never falls back
-to CPU or FP32 on its own.
+that can run what was given) and logs the choice; a checkpoint with ``backend="auto"`` runs in
+its fastest parity-checked form, built once and cached (:mod:`sr_runtime.accel`), and with
+``backend="tensorrt"`` as a TensorRT engine that path builds. An explicit backend, device,
+provider or precision that cannot be honoured raises BackendUnavailableError listing what is
+available; the runtime never falls back to CPU, FP32 or another backend on its own.
 
 ``onnxruntime``, ``tensorrt`` and ``openvino`` are imported only inside their backend modules.
 """
@@ -201,9 +202,13 @@ def select_backend(
     return BackendChoice("onnxruntime", dev, provider, f"an .onnx file runs on ONNX Runtime; {why}")
 
 
-def _accelerate(backend: str, precision: str | None, compile: bool, cuda_graphs: bool, channels_last) -> bool:
-    """True when a checkpoint should run in its automatically built fast form."""
-    if backend != "auto" or compile or cuda_graphs or channels_last is not None:
+def _accelerate(backend: str, precision: str | None, compile: bool, cuda_graphs: bool, channels_last,
+                device: str = "cpu") -> bool:
+    """True when a checkpoint should run in its automatically built fast form. ``compile`` on a GPU
+    does (the compiled torch forms compete: FP16 channels-last, FP32); on the CPU it runs as asked."""
+    if backend != "auto" or cuda_graphs or channels_last is not None:
+        return False
+    if compile and not device.startswith("cuda"):
         return False
     if precision not in (None, "fp32"):
         return False  # an explicit fp16 runs as asked, on torch
@@ -242,6 +247,10 @@ def create_backend(
     if precision is not None and precision not in PRECISIONS:
         raise BackendUnavailableError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     kind = model_kind(model)
+    if kind == "checkpoint" and backend == "tensorrt":
+        return _tensorrt_from_checkpoint(model, scale=scale, device=device, precision=precision, provider=provider,
+                                         torch_options=compile or cuda_graphs or channels_last is not None,
+                                         runs_dir=runs_dir, cache_dir=cache_dir, use_cache=use_cache)
     choice = select_backend(kind, backend=backend, device=device, provider=provider)
     if choice.backend != "torch" and (compile or cuda_graphs):
         raise BackendUnavailableError("--compile and --cuda-graphs are torch backend options")
@@ -250,7 +259,8 @@ def create_backend(
             f"bf16 runs on the openvino backend only (a CPU with BF16), not on {choice.backend}; "
             f"pass an .onnx file with --backend openvino, or use --fp32"
         )
-    accelerate = choice.backend == "torch" and _accelerate(backend, precision, compile, cuda_graphs, channels_last)
+    accelerate = choice.backend == "torch" and _accelerate(backend, precision, compile, cuda_graphs, channels_last,
+                                                           choice.device)
     if not accelerate:
         log.info(
             "backend: %s on %s%s (%s)",
@@ -271,7 +281,8 @@ def create_backend(
             from sr_runtime.accel import accelerated_backend
 
             return accelerated_backend(path, ckpt, device=device, precision=precision,
-                                       source=f"{ckpt.name} from {how}", cache_dir=cache_dir, use_cache=use_cache)
+                                       source=f"{ckpt.name} from {how}", cache_dir=cache_dir, use_cache=use_cache,
+                                       compile=compile)
         return TorchBackend(
             ckpt.model,
             spec=ckpt.spec,
@@ -297,3 +308,38 @@ def create_backend(
         trt_backend.close()
         raise UnsupportedScaleError(f"{model}: the engine upscales x{trt_backend.spec.scale}, scale {scale} was asked for")
     return trt_backend
+
+
+def _tensorrt_from_checkpoint(
+    model, *, scale, device, precision, provider, torch_options, runs_dir, cache_dir, use_cache
+) -> Backend:
+    """``backend="tensorrt"`` with a checkpoint: its TensorRT engine, built by the fast path
+    (:mod:`sr_runtime.accel`: FP16, else FP32; parity-checked, cached). Never falls back to another
+    backend: TensorRT or a GPU missing, or no engine passing the gate, is BackendUnavailableError."""
+    if provider is not None:
+        raise BackendUnavailableError("--provider applies to onnxruntime (.onnx models) only, not to tensorrt")
+    if torch_options:
+        raise BackendUnavailableError("--compile, --cuda-graphs and channels_last are torch backend options")
+    if precision == "bf16":
+        raise BackendUnavailableError("TensorRT engines here are fp16 or fp32, not bf16")
+    if importlib.util.find_spec("tensorrt") is None:
+        from sr_runtime.export.tensorrt_build import INSTALL_HINT
+
+        raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {INSTALL_HINT}; "
+                                      f"available here: {_describe_available()}")
+    gpus = [d for d in torch_devices() if d != "cpu"]
+    if device is None:
+        if not gpus:
+            raise BackendUnavailableError(f"TensorRT needs a CUDA GPU; available here: {_describe_available()}")
+        device = gpus[0]
+    elif not str(parse_device(device)).startswith("cuda"):
+        raise BackendUnavailableError(f"a TensorRT engine runs on a CUDA device, not {device!r}")
+    from sr_runtime.accel import accelerated_backend
+    from sr_runtime.checkpoint import load_checkpoint
+    from sr_runtime.zoo import resolve_checkpoint
+
+    path, how = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
+    ckpt = load_checkpoint(path, scale=scale)
+    log.info("model: %s x%d from %s", ckpt.arch, ckpt.scale, how)
+    return accelerated_backend(path, ckpt, device=device, precision=precision, source=f"{ckpt.name} from {how}",
+                               cache_dir=cache_dir, use_cache=use_cache, backend="tensorrt")

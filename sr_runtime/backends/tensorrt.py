@@ -1,7 +1,7 @@
-"""TensorRT backend: an engine built by ``sr-export``, checked against its sidecar, run with
-``execute_async_v3`` on torch CUDA tensors (no pycuda).
+"""TensorRT backend: an engine built by ``sr-export`` or by the automatic fast path, checked against
+its sidecar, run with ``execute_async_v3`` on torch CUDA tensors (no pycuda).
 
-The sidecar ``X.engine.json`` beside ``X.engine`` is written by ``sr_export.tensorrt`` (its
+The sidecar ``X.engine.json`` beside ``X.engine`` is written by ``sr_runtime.export.tensorrt_build`` (its
 ``EngineRecord``); this module reads the same JSON without importing ``sr_export``. Fields used:
 ``tensorrt_version``, ``gpu_name``, ``precision`` ("fp32"|"fp16"), ``profile`` (``min``/``opt``/``max``
 as ``"HxW"`` strings of the LR input, ``batch`` ``{min, opt, max}``), ``io_spec`` (IOSpec dict),

@@ -184,7 +184,7 @@ def test_candidate_failing_parity_is_skipped_with_its_reason(fast, monkeypatch, 
         return real_open(candidate, ckpt, device, onnx_path, source)
 
     monkeypatch.setattr(accel, "_open", open_form)
-    monkeypatch.setattr(accel, "candidates_for", lambda device, precision: (
+    monkeypatch.setattr(accel, "candidates_for", lambda device, precision, **kw: (
         [accel.Candidate("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="cpu"),
          accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
     caplog.set_level(logging.INFO, logger="sr_runtime.accel")
