@@ -25,7 +25,7 @@ from sr_runtime.export.onnx import (
     slim_onnx,
 )
 from sr_runtime.export.verify import OnnxRunner, align_size, check_parity, compare, parity_cases
-from sr_runtime.archs import ARCHS, build
+from sr_runtime.archs import ARCHS
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ExportError
 from sr_runtime.spec import IOSpec

@@ -387,7 +387,7 @@ def test_tensorrt_rejected_address_is_an_error():
 
 
 def test_onnxruntime_gpu_provider_options():
-    from sr_runtime.backends.onnxruntime import TRT_PROFILE, OnnxRuntimeBackend
+    from sr_runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     dev = torch.device("cuda", 1)
     (cuda, cuda_opts), cpu = OnnxRuntimeBackend._providers("cuda", dev, "fp32", None, stream=1234)

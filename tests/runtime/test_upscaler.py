@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sr_runtime.archs import build, resolve_hparams
+from sr_runtime.archs import resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.color import image_to_tensor
 from sr_runtime.errors import InputError
