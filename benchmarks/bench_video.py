@@ -198,6 +198,9 @@ def bench_video(
         "decode_fps": n / decode_s,
         "pipeline_s": result.seconds,
     }
+    row["serial_bound_fps"] = 1.0 / (1.0 / row["inference_fps"] + 1.0 / encode_fps)
+    row["pipeline_vs_min"] = row["pipeline_fps"] / min(row["inference_fps"], encode_fps)
+    row["pipeline_vs_serial"] = row["pipeline_fps"] / row["serial_bound_fps"]
     log.info(
         "video %s x%d %s %dx%d, %d frames: pipeline %.2f fps, inference %.2f fps, encode %.2f fps, decode %.1f fps",
         mut.model, mut.scale, form, info.width, info.height, n, row["pipeline_fps"], row["inference_fps"],

@@ -48,6 +48,7 @@ class Preset:
     video_forms: str
     parity_images: int
     max_row_seconds: float
+    tiling_size: str
 
 
 PRESETS: dict[str, Preset] = {
@@ -67,6 +68,7 @@ PRESETS: dict[str, Preset] = {
         video_forms="first",
         parity_images=2,
         max_row_seconds=20.0,
+        tiling_size="270x480",
     ),
     # Everything, for a GPU machine: every model, the standard sizes up to 1080p input.
     "full": Preset(
@@ -84,6 +86,7 @@ PRESETS: dict[str, Preset] = {
         video_forms="all",
         parity_images=3,
         max_row_seconds=120.0,
+        tiling_size="720x1280",
     ),
 }
 
@@ -145,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-model", default=None, help="model for the video figure (default: the first of --models)")
     p.add_argument("--video-forms", choices=("first", "all"), help="video on the first form only (torch) or every form")
     p.add_argument("--no-video", action="store_true", help="skip the end-to-end video figure")
+    p.add_argument("--tiling-size", type=_parse_hw,
+                   help="LR frame HxW for the tiling rows: whole vs automatic vs fixed tiles (full preset 720x1280)")
+    p.add_argument("--tiling-model", default=None, help="model for the tiling rows (default: the first of --models)")
+    p.add_argument("--no-tiling", action="store_true", help="skip the tiling rows")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trained checkpoints are looked up")
     p.add_argument("--random-weights", action="store_true",
@@ -165,6 +172,8 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
     if args.sizes is None:
         args.sizes = [_parse_hw(s) for s in preset.sizes]
+    if args.tiling_size is None:
+        args.tiling_size = _parse_hw(preset.tiling_size)
     limits = list(preset.limits) if args.limit is None else args.limit
     args.limits = {}
     for item in limits:
@@ -274,6 +283,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
             "data": str(args.data) if args.data else None, "datasets": args.datasets,
             "quality": not args.no_quality, "video": None if args.no_video else (args.video or "default"),
             "video_frames": args.video_frames, "random_weights": args.random_weights,
+            "tiling": None if args.no_tiling else f"{args.tiling_size[0]}x{args.tiling_size[1]}",
         },
         "environment": environment(),
         "models": [],
@@ -281,6 +291,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "parity": [],
         "quality": [],
         "video": [],
+        "tiling": [],
         "skipped": [],
     }
     skipped = results["skipped"]
@@ -307,7 +318,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
 
     workdir_ctx = tempfile.TemporaryDirectory(prefix="sr-bench-")
     workdir = Path(workdir_ctx.name)
-    video_done = False
+    video_done = tiling_done = False
     try:
         for ds in quality_dirs:
             for scale in args.scales:
@@ -352,6 +363,9 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
                 if not args.no_video and not video_done and (args.video_model or args.models[0]) == name:
                     _video(results, mut, measured, arts, workdir, args)
                     video_done = True
+                if not args.no_tiling and not tiling_done and (args.tiling_model or args.models[0]) == name:
+                    _tiling(results, mut, measured, args)
+                    tiling_done = True
                 if args.keep_artifacts:
                     dest = Path(args.out) / "artifacts"
                     dest.mkdir(parents=True, exist_ok=True)
@@ -409,6 +423,26 @@ def _video(results, mut, forms, arts, workdir, args) -> None:
                                        "reason": f"{type(e).__name__}: {e}"})
 
 
+def _tiling(results, mut, forms, args) -> None:
+    """Tiling rows in the default path's form when it was measured, else the first form."""
+    from benchmarks.bench_tiling import bench_tiling
+    from sr_runtime.errors import SRError
+
+    usable = [f for f in forms if f.backend in ("default", "torch")]
+    if not usable:
+        results["skipped"].append({"stage": "tiling", "model": mut.model, "scale": mut.scale,
+                                   "reason": "the tiling rows run the default path or torch; neither was measured"})
+        return
+    form = next((f for f in usable if f.backend == "default"), usable[0])
+    try:
+        results["tiling"] += bench_tiling(mut, form, args.tiling_size, warmup=min(args.warmup, 1),
+                                          runs=max(1, min(args.runs, 5)))
+    except (SRError, MemoryError, RuntimeError) as e:
+        results["skipped"].append({"stage": "tiling", "model": mut.model, "scale": mut.scale,
+                                   "backend": form.backend, "precision": form.precision,
+                                   "reason": f"{type(e).__name__}: {e}"})
+
+
 def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]:
     """results.json, report.md and the plots into ``out`` (each written atomically)."""
     from benchmarks.plots import write_plots
@@ -446,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sr-bench: interrupted; nothing written", file=sys.stderr)
         return 130
     print(f"sr-bench: {len(results['latency'])} latency rows, {len(results['parity'])} parity rows, "
-          f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, "
+          f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, {len(results['tiling'])} tiling rows, "
           f"{len(results['skipped'])} skipped, in {results['wall_s']:.0f} s")
     for path in paths:
         print(f"  {path}")

@@ -20,6 +20,7 @@ __all__ = [
     "PARITY_FIELDS",
     "QUALITY_FIELDS",
     "VIDEO_FIELDS",
+    "TILING_FIELDS",
     "validate_results",
     "load_results",
     "render_markdown",
@@ -106,9 +107,32 @@ VIDEO_FIELDS: dict[str, str] = {
     "encode_fps": "frames per second of PyAV libx264 encoding alone, at the output size",
     "decode_fps": "frames per second of decoding alone, at the input size",
     "pipeline_s": "wall time of the pipeline run, s",
+    "serial_bound_fps": "fps if inference and encoding ran one after the other: 1 / (1/inference_fps + 1/encode_fps)",
+    "pipeline_vs_min": "pipeline_fps / min(inference_fps, encode_fps): 1.0 = the slower stage fully hidden the other",
+    "pipeline_vs_serial": "pipeline_fps / serial_bound_fps: above 1.0 = the stages overlap",
+}
+
+TILING_FIELDS: dict[str, str] = {
+    **_ID,
+    "backend": "the form every mode ran in (default:<form> = the runtime's automatic fast path)",
+    "precision": "fp32 | fp16 | bf16",
+    "device": "cpu | cuda",
+    "input_h": "LR frame height",
+    "input_w": "LR frame width",
+    "mode": "whole (no tiling) | auto (sr-run's choice) | auto, 1/4 budget | tile 256",
+    "tile": "tile size HxW the plan ran, or 'whole'",
+    "tiles": "tiles per frame",
+    "overlap": "overlap between tiles, LR pixels",
+    "memory_budget_mib": "memory budget the automatic plan was given, MiB (null: this machine's default)",
+    "computed_px_overhead_pct": "pixels the model computed beyond the frame's own (recomputed overlap), %",
+    "runs": "timed calls",
+    "p50_ms": "median wall time of Upscaler.upscale on the frame, ms",
+    "overhead_pct": "p50_ms over the whole-frame row's, %",
+    "max_abs_u8": "largest difference from the whole-frame output, 8-bit levels",
 }
 
 _SECTIONS = {"latency": LATENCY_FIELDS, "parity": PARITY_FIELDS, "quality": QUALITY_FIELDS, "video": VIDEO_FIELDS}
+_OPTIONAL_SECTIONS = {"tiling": TILING_FIELDS}  # absent in results written before they existed
 _TOP = ("schema_version", "environment", "config", "models", "latency", "parity", "quality", "video", "skipped")
 _ENV_KEYS = ("cpu_model", "cpu_count", "gpu", "driver", "torch", "torch_cuda", "onnxruntime", "tensorrt", "commit")
 
@@ -125,8 +149,8 @@ def validate_results(data: dict[str, Any]) -> None:
     for key in _ENV_KEYS:
         if key not in data["environment"]:
             raise ValueError(f"environment lacks {key!r}")
-    for section, fields in _SECTIONS.items():
-        rows = data[section]
+    for section, fields in {**_SECTIONS, **_OPTIONAL_SECTIONS}.items():
+        rows = data.get(section, [])
         if not isinstance(rows, list):
             raise ValueError(f"{section} must be a list of rows")
         for i, row in enumerate(rows):
@@ -361,19 +385,48 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(
             _table(
                 ["model", "scale", "backend", "precision", "clip", "frames", "in", "out",
-                 "pipeline fps", "inference fps", "encode fps", "decode fps"],
+                 "pipeline fps", "inference fps", "encode fps", "decode fps", "serial bound fps",
+                 "pipeline / min", "pipeline / serial"],
                 [
                     [
                         r["model"] + _weights_note(r), f"x{r['scale']}", r["backend"], r["precision"],
                         Path(str(r["clip"])).name, r["frames"], f"{r['input_w']}x{r['input_h']}",
                         f"{r['output_w']}x{r['output_h']}", _fmt(r["pipeline_fps"]), _fmt(r["inference_fps"]),
-                        _fmt(r["encode_fps"]), _fmt(r["decode_fps"]),
+                        _fmt(r["encode_fps"]), _fmt(r["decode_fps"]), _fmt(r.get("serial_bound_fps")),
+                        _fmt(r.get("pipeline_vs_min")), _fmt(r.get("pipeline_vs_serial")),
                     ]
                     for r in vid
                 ],
             )
         )
         out.append("")
+
+    tiling = data.get("tiling") or []
+    if tiling:
+        out += [
+            "## Tiling",
+            "",
+            "The same frame through the Upscaler whole and tiled, one backend for every mode: auto = what sr-run "
+            "plans from this machine's free memory (the whole frame when it fits); 1/4 budget = the plan on a "
+            "quarter of that memory; overhead = wall time over the whole frame's; diff = largest difference "
+            "from the whole-frame output.",
+            "",
+            _table(
+                ["model", "scale", "backend", "precision", "in", "mode", "tile", "tiles", "recomputed px",
+                 "p50 ms", "overhead", "max diff (levels)"],
+                [
+                    [
+                        r["model"] + _weights_note(r), f"x{r['scale']}", r["backend"], r["precision"],
+                        f"{r['input_w']}x{r['input_h']}", r["mode"], r["tile"], r["tiles"],
+                        f"{_fmt(r['computed_px_overhead_pct'], 1)}%", _fmt(r["p50_ms"], 1),
+                        f"{r['overhead_pct']:+.1f}%" if r["overhead_pct"] is not None else "–",
+                        _fmt(r["max_abs_u8"], 0),
+                    ]
+                    for r in tiling
+                ],
+            ),
+            "",
+        ]
 
     if data["skipped"]:
         out += ["## Not measured", ""]

@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory):
         "--sizes", "16x16,24x32", "--batch", "1,2", "--runs", "2", "--warmup", "0",
         "--backends", "torch,onnxruntime", "--precisions", "fp32",
         "--parity-size", "16x24", "--parity-images", "1",
-        "--no-quality", "--no-video", "--runs-dir", str(out / "no_runs"), "--out", str(out),
+        "--no-quality", "--no-video", "--no-tiling", "--runs-dir", str(out / "no_runs"), "--out", str(out),
     ])
     assert rc == 0
     return out
@@ -113,7 +113,8 @@ def test_random_weights_are_marked_and_get_no_quality(tmp_path, photo_rgb_u8):
     rc = main([
         "--models", "fsrcnn", "--scales", "2", "--random-weights", "--sizes", "16x16", "--batch", "1",
         "--runs", "1", "--warmup", "0", "--backends", "torch", "--precisions", "fp32", "--parity-size", "16x16",
-        "--parity-images", "1", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path / "out"),
+        "--parity-images", "1", "--no-video", "--no-tiling", "--runs-dir", str(tmp_path / "no_runs"),
+        "--out", str(tmp_path / "out"),
         "--data", str(tmp_path / "data"), "--datasets", "Set5",
     ])
     tmp_path = tmp_path / "out"
@@ -141,11 +142,17 @@ def test_default_path_is_measured_beside_torch_eager(tmp_path):
     rc = main([
         "--models", "fsrcnn", "--scales", "2", "--sizes", "24x32", "--batch", "1", "--runs", "2", "--warmup", "0",
         "--backends", "torch,default", "--precisions", "fp32", "--parity-size", "16x24", "--parity-images", "1",
-        "--no-quality", "--no-video", "--runs-dir", str(tmp_path / "no_runs"), "--out", str(tmp_path),
+        "--no-quality", "--no-video", "--tiling-size", "40x56", "--runs-dir", str(tmp_path / "no_runs"),
+        "--out", str(tmp_path),
     ])
     assert rc == 0
     data = _strict_json(tmp_path / "results.json")
     validate_results(data)
+    # The tiling rows ran in the default path's form, every mode, whole first and exact.
+    assert [r["mode"] for r in data["tiling"]] == ["whole", "auto", "auto, 1/4 budget", "tile 256"]
+    assert all(r["backend"].startswith("default:") and (r["input_h"], r["input_w"]) == (40, 56) for r in data["tiling"])
+    assert data["tiling"][0]["overhead_pct"] == 0 and data["tiling"][0]["tile"] == "whole"
+    assert "## Tiling" in (tmp_path / "report.md").read_text()
     (default,) = [r for r in data["latency"] if r["backend"].startswith("default:")]
     assert default["backend"].split(":", 1)[1] in ("onnxruntime", "openvino", "torch")
     assert default["parity_psnr_db"] is None or default["parity_psnr_db"] >= 45
