@@ -22,6 +22,7 @@ spandrel = pytest.importorskip(
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 
+from benchmarks.community_models import to_real_esrgan_keys
 from sr_runtime.backends import model_kind
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.cli import main
@@ -30,20 +31,6 @@ from sr_runtime.errors import CheckpointError, InputError, UnsupportedArchError,
 from sr_runtime.images import read_image, write_image
 from sr_runtime.spec import IOSpec
 from sr_runtime.upscaler import Upscaler
-
-
-def _to_real_esrgan_keys(old: dict[str, torch.Tensor], num_blocks: int) -> dict[str, torch.Tensor]:
-    """spandrel's (old-arch ESRGAN) tensor names -> the names in Real-ESRGAN's published RRDBNet files
-    (conv_first, body.N.rdbR.convC, conv_body, conv_up1/2, conv_hr, conv_last)."""
-    out = {}
-    for key, value in old.items():
-        new = re.sub(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.", r"body.\1.rdb\2.conv\3.", key)
-        new = new.replace(f"model.1.sub.{num_blocks}.", "conv_body.")
-        for index, name in (("0", "conv_first"), ("3", "conv_up1"), ("6", "conv_up2"), ("8", "conv_hr"), ("10", "conv_last")):
-            new = re.sub(rf"^model\.{index}\.", f"{name}.", new)
-        assert not new.startswith("model."), key
-        out[new] = value.clone()
-    return out
 
 
 def _calibrated(net: torch.nn.Module, spec: IOSpec, signal) -> torch.nn.Module:
@@ -62,9 +49,9 @@ def files(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("community")
     # RealESRGAN_x4plus/x2plus have 23 blocks; 1 and 2 keep the test fast with the same key layout.
     x4 = _calibrated(ESRGAN(num_blocks=1, scale=4), IOSpec(scale=4), signal)
-    torch.save({"params_ema": _to_real_esrgan_keys(x4.state_dict(), 1)}, d / "RealESRGAN_x4plus.pth")
+    torch.save({"params_ema": to_real_esrgan_keys(x4.state_dict(), 1)}, d / "RealESRGAN_x4plus.pth")
     x2 = _calibrated(ESRGAN(in_nc=12, num_blocks=2, scale=4, shuffle_factor=2), IOSpec(scale=2, multiple_of=4), signal)
-    torch.save({"params_ema": _to_real_esrgan_keys(x2.state_dict(), 2)}, d / "RealESRGAN_x2plus.pth")
+    torch.save({"params_ema": to_real_esrgan_keys(x2.state_dict(), 2)}, d / "RealESRGAN_x2plus.pth")
     compact = _calibrated(Compact(num_feat=64, num_conv=16, upscale=4), IOSpec(scale=4), signal)
     torch.save({"params": compact.state_dict()}, d / "realesr-animevideov3.pth")
     torch.save(compact.state_dict(), d / "compact_bare.pt")
