@@ -5,6 +5,10 @@
     sr-bench --sizes 270x480,1080x1920 --batch 1,4 --runs 50 --no-video --out bench_h100
 
 Writes ``OUT/results.json`` (schema: :mod:`benchmarks.report`), ``OUT/report.md`` and PNG plots.
+
+    sr-bench coverage --quick --size 64x96 --out coverage_quick   # community-model table (benchmarks.coverage)
+    sr-bench coverage --families compact,span --runs 3            # published hyperparameters, LR 270x480
+
 This module is the only one in ``benchmarks`` that prints or exits.
 """
 
@@ -24,7 +28,7 @@ from typing import Sequence
 from benchmarks.common import REPO_ROOT, environment, json_safe, write_json
 from sr_runtime.atomic import atomic_write_text
 
-__all__ = ["main", "build_parser", "PRESETS", "run_bench"]
+__all__ = ["PRESETS", "build_coverage_parser", "build_parser", "coverage_main", "main", "run_bench"]
 
 log = logging.getLogger("benchmarks")
 
@@ -459,6 +463,8 @@ def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["coverage"]:
+        return coverage_main(argv[1:])
     args = _resolve(build_parser().parse_args(argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -482,6 +488,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sr-bench: {len(results['latency'])} latency rows, {len(results['parity'])} parity rows, "
           f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, {len(results['tiling'])} tiling rows, "
           f"{len(results['skipped'])} skipped, in {results['wall_s']:.0f} s")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def build_coverage_parser() -> argparse.ArgumentParser:
+    from benchmarks.community_models import FAMILIES
+    from benchmarks.coverage import DEFAULT_SIZE
+
+    p = argparse.ArgumentParser(
+        prog="sr-bench coverage",
+        description="Community-model coverage: each family (random weights in the published file layout) "
+        "loaded, tiled, exported to ONNX FP32/FP16 with parity, and timed on the CPU. "
+        "Writes OUT/coverage.json and OUT/coverage.md.",
+    )
+    p.add_argument("--families", type=_csv, default=None,
+                   help=f"comma-separated keys (default: all): {','.join(f.key for f in FAMILIES)}")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced builds (fewer blocks, the published tensor names) instead of the published sizes")
+    p.add_argument("--size", type=_parse_hw, default=DEFAULT_SIZE,
+                   help=f"LR input HxW of the timings (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
+    p.add_argument("--runs", type=int, default=5, help="timed calls per median (default 5, after one warm-up)")
+    p.add_argument("--tile", type=int, default=64,
+                   help="forced tile side of the tiled-vs-whole check (default 64; raised where the overlap needs it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="skip the backend='auto' fast path (its export and probe cost another export per family)")
+    p.add_argument("--out", type=Path, default=Path("coverage_out"), help="output folder (default: coverage_out)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failing steps)")
+    return p
+
+
+def coverage_main(argv: Sequence[str] | None = None) -> int:
+    """``sr-bench coverage``: parse, run :func:`benchmarks.coverage.run_coverage`, write, print the statuses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_coverage_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from benchmarks.coverage import run_coverage, select_families, write_coverage
+    from sr_runtime.errors import SRError
+
+    settings = {"command": shlex.join(["sr-bench", "coverage", *argv]), "quick": args.quick,
+                "size": list(args.size), "runs": args.runs, "tile": args.tile, "seed": args.seed,
+                "fast_path": not args.no_fast_path}
+    try:
+        families = select_families(args.families)
+        started = time.perf_counter()
+        rows = run_coverage(families, quick=args.quick, size=args.size, runs=args.runs, tile=args.tile,
+                            seed=args.seed, fast_path=not args.no_fast_path)
+        settings["wall_s"] = round(time.perf_counter() - started, 1)
+        paths = write_coverage(rows, environment(), settings, args.out)
+    except SRError as e:
+        print(f"sr-bench coverage: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sr-bench coverage: interrupted; nothing written", file=sys.stderr)
+        return 130
+    ok = sum(r.ok for r in rows)
+    print(f"sr-bench coverage: {ok} of {len(rows)} families ok, in {settings['wall_s']:.0f} s")
+    for r in rows:
+        print(f"  {r.key:<18} {r.status}")
     for path in paths:
         print(f"  {path}")
     return 0

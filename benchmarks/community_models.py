@@ -11,9 +11,10 @@ Used by :mod:`benchmarks.coverage` and the tests of community checkpoints.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +147,8 @@ FAMILIES: tuple[Family, ...] = (
            lambda q: _arch("OmniSR", "OmniSR")(num_feat=64, block_num=1, pe=True, window_size=8,
                                                res_num=2 if q else 5, up_scale=4, bias=True),
            None, "OmniSR_X4_DIV2K.safetensors", reduced="2 of 5 OSAG groups"),
-    Family("realplksr", "RealPLKSR", "4x realplksr (64 ch, 28 blocks, kernel 17)", "RealPLKSR", 4, _realplksr,
+    # spandrel has one architecture, id "PLKSR", for PLKSR and RealPLKSR (the latter tagged "Real").
+    Family("realplksr", "RealPLKSR", "4x realplksr (64 ch, 28 blocks, kernel 17)", "PLKSR", 4, _realplksr,
            "params_ema", "4x_realplksr.pth", reduced="4 of 28 blocks"),
     Family("realcugan", "RealCUGAN", "up4x-latest-conservative (UpCunet4x)", "RealCUGAN", 4,
            lambda q: _arch("RealCUGAN", "UpCunet4x")(in_channels=3, out_channels=3), None,
