@@ -24,7 +24,8 @@ the engine (:func:`sr_runtime.export.tensorrt_build.build_engine`) are the ones 
 writes; they live in :mod:`sr_runtime.export` so this module never imports ``sr_export``.
 
 Reduced precision (FP16, BF16) is kept only with parity of at least 45 dB and no NaN/Inf, and a PSNR
-against the ground truth (bicubic-degraded sample photos) within 0.02 dB of FP32's;
+against the ground truth (bicubic-degraded sample photos) within 0.01 dB of FP32's (half the 0.02 dB
+target on Set5, as a margin: see :data:`GATE_QUALITY_DB`);
 ``precision="fp32"`` forces full precision. A candidate that fails to build or fails the gate is
 skipped with one log line saying why. Explicit choices (``backend="torch"``, ``provider=``,
 ``precision="fp16"``) bypass this module: they are honoured or raise.
@@ -48,14 +49,20 @@ from sr_runtime.cache import cache_key, get_or_build, machine_record, sha256_fil
 from sr_runtime.checkpoint import Checkpoint
 from sr_runtime.errors import BackendUnavailableError, SRError
 
-__all__ = ["QUALITY_TOLERANCE_DB", "Candidate", "accelerated_backend", "candidates_for", "key_inputs"]
+__all__ = ["GATE_QUALITY_DB", "QUALITY_TOLERANCE_DB", "Candidate", "accelerated_backend", "candidates_for", "key_inputs"]
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model_fp16.onnx"
 QUALITY_TOLERANCE_DB = 0.02
-"""Reduced precision must score within this many dB of FP32 against the ground truth."""
+"""Reduced precision must score within this many dB of FP32 against the ground truth (Set5 through
+``sr-eval``: the issue's target)."""
+GATE_QUALITY_DB = QUALITY_TOLERANCE_DB / 2
+"""What the gate allows on its own photos: half the target, because the photos stand in for the
+user's images. Measured on an AMD EPYC (AVX-512 BF16): shipped FSRCNN x4 in OpenVINO BF16 was -0.014
+dB from FP32 on the gate photos and -0.0204 dB on Set5; ESPCN x4 -0.006 and -0.009. A gate at the full
+0.02 dB let FSRCNN's BF16 form through and missed the target on Set5."""
 PROBE_SIDE = 128
 """LR side of the timing probe: big enough to time the convolutions, small enough for seconds."""
 BUILD_OPTIONS = {
@@ -339,8 +346,9 @@ def _gate(backend: Backend, candidate: Candidate, refs, photos, ckpt: Checkpoint
         lr = make_lr(hr, s)
         deltas.append(float(psnr(_run(backend, lr), hr, crop=s) - psnr(_run(reference, lr), hr, crop=s)))
     delta = sum(deltas) / len(deltas)
-    if abs(delta) > QUALITY_TOLERANCE_DB:
-        return worst, f"PSNR vs ground truth {delta:+.3f} dB from FP32 (allowed +-{QUALITY_TOLERANCE_DB} dB)"
+    if abs(delta) > GATE_QUALITY_DB:
+        return worst, (f"PSNR vs ground truth {delta:+.4f} dB from FP32 on the gate photos (allowed +-{GATE_QUALITY_DB:g} "
+                       f"dB, half the {QUALITY_TOLERANCE_DB:g} dB target, as a margin for other images)")
     return worst, ""
 
 

@@ -197,6 +197,44 @@ def test_candidate_failing_parity_is_skipped_with_its_reason(fast, monkeypatch, 
     assert "model.onnx" not in {p.name for p in entry_dir.iterdir()}  # the unused export is not kept
 
 
+class _Offset(Backend):
+    """A reduced-precision form: the FP32 model's output shifted by ``offset`` (a stand-in for BF16
+    rounding that costs a known amount of quality)."""
+
+    name = "offset"
+
+    def __init__(self, ckpt, offset):
+        super().__init__(spec=ckpt.spec, device="cpu", precision="bf16", input_dtype=torch.float32)
+        from sr_runtime.deploy import DeployModel
+
+        self.net, self.offset = DeployModel(ckpt.model).eval(), offset
+
+    def _run(self, lr):
+        with torch.no_grad():
+            return self.net(lr) + self.offset
+
+
+@pytest.mark.parametrize(("offset", "kept"), [(0.0005, True), (0.0008, False)])
+def test_reduced_precision_needs_the_quality_margin(fast, monkeypatch, caplog, offset, kept):
+    """An offset of 0.0008 keeps parity at 62 dB but costs 0.015 dB of PSNR against the ground truth:
+    inside the 0.02 dB target, outside the gate's 0.01 dB margin, so it is refused; 0.0005 passes."""
+    monkeypatch.setattr(accel, "_open", lambda candidate, ckpt, *a: _Offset(ckpt, offset) if candidate.backend ==
+                        "openvino" else TorchBackend(ckpt.model, spec=ckpt.spec, device="cpu", precision="fp32"))
+    monkeypatch.setattr(accel, "candidates_for", lambda device, precision, **kw: (
+        [accel.Candidate("openvino-cpu-bf16", "openvino", "bf16"),
+         accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
+    caplog.set_level(logging.INFO, logger="sr_runtime.accel")
+    create_backend("fsrcnn", scale=2, device="cpu")
+    (entry_dir,) = [p for p in fast.iterdir() if p.is_dir()]
+    row = {c["name"]: c for c in json.loads((entry_dir / "entry.json").read_text())["candidates"]}["openvino-cpu-bf16"]
+    assert row["parity_db"] >= 45
+    if kept:
+        assert row["status"] == "passed"
+    else:
+        assert row["status"] == "failed" and "from FP32 on the gate photos" in row["reason"]
+        assert "skipping openvino-cpu-bf16: PSNR vs ground truth" in caplog.text
+
+
 def test_explicit_choices_never_fall_back(fast, tmp_path):
     assert isinstance(create_backend("fsrcnn", scale=2, backend="torch", device="cpu"), TorchBackend)
     assert isinstance(create_backend("fsrcnn", scale=2, channels_last=True, device="cpu"), TorchBackend)
