@@ -143,6 +143,8 @@ def quality_row(mut: ModelUnderTest, form: Form, backend, data_dir: Path, datase
     from sr_runtime.evaluate import evaluate_folder
 
     start = time.perf_counter()
+    if form.backend == "default":  # name the form the default path chose, as the latency rows do
+        form = Form(f"default:{backend.name}", backend.precision, form.device)
     device = "cpu" if form.device == "cpu" else str(backend.device)
     result = evaluate_folder(Path(data_dir) / dataset, mut.scale, model=BackendModel(backend), device=device,
                              method=f"{mut.model} {form}")

@@ -451,11 +451,16 @@ def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]
     """results.json, report.md and the plots into ``out`` (each written atomically)."""
     from benchmarks.plots import write_plots
     from benchmarks.report import render_markdown, validate_results
+    from sr_runtime.errors import SRError
 
     out.mkdir(parents=True, exist_ok=True)
     results = json_safe(results)  # what the JSON holds is what the report and plots show
     results["plots"] = [p.name for p in write_plots(results, out)] if plots else []
-    validate_results(results)
+    try:
+        validate_results(results)
+    except ValueError as e:  # keep what was measured: a long run is not lost to a schema slip
+        kept = write_json(out / "results.invalid.json", results)
+        raise SRError(f"the results do not follow the schema ({e}); what was measured is in {kept}") from e
     paths = [write_json(out / "results.json", results)]
     paths.append(atomic_write_text(out / "report.md", render_markdown(results)))
     return paths + [out / p for p in results["plots"]]

@@ -136,13 +136,18 @@ def test_validate_rejects_a_row_without_percentiles(tiny_run):
         validate_results(data)
 
 
-def test_default_path_is_measured_beside_torch_eager(tmp_path):
+def test_default_path_is_measured_beside_torch_eager(tmp_path, photo_rgb_u8):
     """--backends torch,default: the runtime's automatic fast path (what sr-run uses) gets rows that
-    name the form it chose, parity against torch FP32, and a Default path table with the speed-up."""
+    name the form it chose, parity against torch FP32, quality, and a Default path table with the speed-up."""
+    from PIL import Image
+
+    data_dir = tmp_path / "data" / "Set5"
+    data_dir.mkdir(parents=True)
+    Image.fromarray(np.ascontiguousarray(photo_rgb_u8[100:164, 100:164])).save(data_dir / "a.png")
     rc = main([
         "--models", "fsrcnn", "--scales", "2", "--sizes", "24x32", "--batch", "1", "--runs", "2", "--warmup", "0",
         "--backends", "torch,default", "--precisions", "fp32", "--parity-size", "16x24", "--parity-images", "1",
-        "--no-quality", "--no-video", "--tiling-size", "40x56", "--runs-dir", str(tmp_path / "no_runs"),
+        "--data", str(tmp_path / "data"), "--datasets", "Set5", "--no-video", "--tiling-size", "40x56", "--runs-dir", str(tmp_path / "no_runs"),
         "--out", str(tmp_path),
     ])
     assert rc == 0
@@ -154,6 +159,8 @@ def test_default_path_is_measured_beside_torch_eager(tmp_path):
     assert data["tiling"][0]["overhead_pct"] == 0 and data["tiling"][0]["tile"] == "whole"
     assert "## Tiling" in (tmp_path / "report.md").read_text()
     (default,) = [r for r in data["latency"] if r["backend"].startswith("default:")]
+    (quality,) = [q for q in data["quality"] if q["backend"].startswith("default:")]
+    assert (quality["backend"], quality["precision"]) == (default["backend"], default["precision"])
     assert default["backend"].split(":", 1)[1] in ("onnxruntime", "openvino", "torch")
     assert default["parity_psnr_db"] is None or default["parity_psnr_db"] >= 45
     report = (tmp_path / "report.md").read_text()
