@@ -208,7 +208,7 @@ def test_sr_eval_upscaler_and_sr_bench_take_the_pth_without_a_scale(pth, tmp_pat
     out = tmp_path / "bench"
     assert bench_cli.main([
         "--models", str(pth), "--scales", "4", "--sizes", "32x32", "--backends", "torch", "--runs", "1",
-        "--warmup", "0", "--no-quality", "--no-video", "--no-plots", "--out", str(out),
+        "--warmup", "0", "--no-quality", "--no-video", "--no-tiling", "--no-plots", "--out", str(out),
         # kept small for 2 CPU cores: one batch size, FP32 only, one small parity photo
         "--batch", "1", "--precisions", "fp32", "--parity-size", "16x24", "--parity-images", "1",
         "--runs-dir", str(tmp_path / "no_runs"),
