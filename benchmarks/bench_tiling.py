@@ -86,7 +86,7 @@ def bench_tiling(
             # One backend for every mode: only the plan changes (the Upscaler reads these per call).
             up.tile, up.memory_budget = {"whole": (0, None), "tile 256": (256, None)}.get(mode, (None, memory_budget))
             if mode == "auto, 1/4 budget":
-                up.memory_budget = (memory_budget or _default_budget(up)) // 4
+                up.memory_budget = (memory_budget or up.default_memory_budget()) // 4
             tile, count, extra_px = _plan(up, h, w)
             out = up.upscale(lr)
             timing = time_calls(lambda: up.upscale(lr), warmup=warmup, runs=runs)
@@ -106,12 +106,3 @@ def bench_tiling(
                      shown, h, w, mode, tile, count, p50, rows[-1]["overhead_pct"], diff)
     return rows
 
-
-def _default_budget(up) -> int:
-    """The memory budget the automatic tile plans for when none is given (see Upscaler._free_tile)."""
-    from sr_runtime import upscaler
-
-    if up.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(up.device)
-        return free // 2
-    return upscaler._available_ram() // 2 // 2

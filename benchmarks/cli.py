@@ -466,18 +466,22 @@ def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]
     return paths + [out / p for p in results["plots"]]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["coverage"]:
-        return coverage_main(argv[1:])
-    args = _resolve(build_parser().parse_args(argv))
+def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["coverage"]:
+        return coverage_main(argv[1:])
+    args = _resolve(build_parser().parse_args(argv))
+    _setup_logging(args.verbose)
     from sr_runtime.errors import SRError
 
     command = shlex.join(["sr-bench", *argv])
@@ -529,8 +533,7 @@ def coverage_main(argv: Sequence[str] | None = None) -> int:
     """``sr-bench coverage``: parse, run :func:`benchmarks.coverage.run_coverage`, write, print the statuses."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_coverage_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _setup_logging(args.verbose)
     from benchmarks.coverage import run_coverage, select_families, write_coverage
     from sr_runtime.errors import SRError
 

@@ -245,12 +245,8 @@ class Upscaler:
             tile = self.tile
         else:
             element = 2 if self.backend.input_dtype == torch.float16 else 4
-            if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                budget, cap = free, _CUDA_MAX_TILE
-            else:
-                budget, cap = _available_ram() // 2, _CPU_MAX_TILE
-            budget = budget // 2 if self.memory_budget is None else self.memory_budget
+            cap = _CUDA_MAX_TILE if self.device.type == "cuda" else _CPU_MAX_TILE
+            budget = self.default_memory_budget() if self.memory_budget is None else self.memory_budget
             if whole_image_ok:
                 # The whole image when it fits the budget (no seams, no overlap work), else equal
                 # tiles as large as the budget allows, chosen for the least recomputed overlap.
@@ -275,6 +271,14 @@ class Upscaler:
         if limits.max_hw is not None:
             return (min(tile, limits.max_hw[0]), min(tile, limits.max_hw[1])), False
         return tile, False
+
+    def default_memory_budget(self) -> int:
+        """Bytes the automatic tile plans for when no ``memory_budget`` is given: half the free GPU
+        memory on CUDA, a quarter of the available RAM on CPU."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free // 2
+        return _available_ram() // 4
 
     def _min_size(self) -> int:
         limits = self.backend.limits
