@@ -67,6 +67,9 @@ PROBE_SIDE = 128
 """LR side of the timing probe: big enough to time the convolutions, small enough for seconds."""
 BUILD_OPTIONS = {
     "opset": 17, "trace": 32, "slim": True, "probe": PROBE_SIDE,
+    # The graph the exporter writes (DeployModel.export_form): part of the key, so entries built from
+    # an earlier arrangement are rebuilt instead of reused.
+    "graph": "sub-pixel-y-1",
     "fp16_calibration": "32x48",
     # TensorRT profile of the fast path's engines (LR input): tiles from 32 px to a whole 1080p frame
     # (lowered where a tensor would pass TensorRT's element limit), up to the CUDA default batch of 4.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["imresize", "upscale_bicubic", "bicubic_phase_filters", "modcrop", "make_lr", "quantize_u8"]
+__all__ = ["imresize", "upscale_bicubic", "bicubic_phase_filters", "modcrop", "pad_symmetric_2", "make_lr", "quantize_u8"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ def bicubic_phase_filters(scale: int, dtype: torch.dtype = torch.float32) -> tor
     return (filters if filters is not None else _phase_filters(scale)).to(dtype)
 
 
-def _pad_symmetric_2(x: torch.Tensor, dim: int) -> torch.Tensor:
+def pad_symmetric_2(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Pad 2 pixels on both sides of ``dim`` like MATLAB (mirror with the edge repeated).
 
     Two steps of width one, with slices only, so it works for a length of 1 and exports to ONNX:
@@ -165,10 +165,10 @@ def upscale_bicubic(x: torch.Tensor, scale: int, *, filters: torch.Tensor | None
             filters = _phase_filters(scale)
     weight = filters.to(device=x.device, dtype=x.dtype)  # (scale, 5); a no-op for a buffer on x's device
     planes = x.reshape(-1, 1, h, w)  # (N*C, 1, h, w): channels folded into the batch
-    padded = _pad_symmetric_2(planes, 3)
+    padded = pad_symmetric_2(planes, 3)
     cols = F.conv2d(padded, weight[:, None, None, :])  # (N*C, scale, h, w): one plane per column phase
     cols = cols.permute(0, 2, 3, 1).flatten(2).unsqueeze(1)  # (N*C, 1, h, w*scale)
-    padded = _pad_symmetric_2(cols, 2)
+    padded = pad_symmetric_2(cols, 2)
     rows = F.conv2d(padded, weight[:, None, :, None])  # (N*C, scale, h, w*scale): one plane per row phase
     rows = rows.permute(0, 2, 1, 3).flatten(1, 2)  # (N*C, h*scale, w*scale)
     return rows.reshape(n, c, rows.shape[1], rows.shape[2])

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MeanShift", "PixelShuffleUpsampler", "ResidualBlock", "conv"]
+__all__ = ["MeanShift", "PixelShuffleUpsampler", "ResidualBlock", "Shifted", "conv", "sub_pixel_conv"]
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True) -> nn.Conv2d:
@@ -64,3 +64,64 @@ class PixelShuffleUpsampler(nn.Sequential):
             if act is not None:
                 layers.append(act(n_feats) if act is nn.PReLU else act())
         super().__init__(*layers)
+
+
+class Shifted(nn.Module):
+    """``x -> layers(x - mean) + mean``: the mean shift of the Y networks around any layer stack."""
+
+    def __init__(self, layers: nn.Module, mean: float) -> None:
+        super().__init__()
+        self.layers, self.mean = layers, mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x - self.mean) + self.mean
+
+
+def sub_pixel_conv(deconv: nn.ConvTranspose2d) -> nn.Conv2d:
+    """The stride-1 convolution whose PixelShuffle equals ``deconv`` (a transposed convolution).
+
+    A transposed convolution with stride ``s`` computes each output phase (row ``s*q + rh``, column
+    ``s*k + rw``) as an ordinary convolution of the input with the kernel taps ``s*t + r + padding``:
+    so ``pixel_shuffle(conv(x), s) == deconv(x)`` with one output plane per channel and phase, all at the
+    input's resolution. Compilers run that as a plain convolution and one depth-to-space instead of a
+    scatter into the high-resolution grid (ONNX Runtime, OpenVINO and torch's own transposed
+    convolution are all slower). Needs an output exactly ``stride`` times the input (equal strides,
+    ``output_padding = stride - 1``, ``kernel = 2 * padding + 1``), no groups and no dilation; raises
+    ValueError otherwise.
+    """
+    s = deconv.stride[0]
+    k_h, k_w = deconv.kernel_size
+    p_h, p_w = deconv.padding
+    if (deconv.stride[1] != s or deconv.output_padding != (s - 1, s - 1) or deconv.groups != 1
+            or deconv.dilation != (1, 1) or k_h != 2 * p_h + 1 or k_w != 2 * p_w + 1):
+        raise ValueError(
+            "sub_pixel_conv needs an output exactly stride times the input (equal strides, output_padding = "
+            "stride - 1, kernel = 2 * padding + 1), groups 1 and dilation 1; got "
+            f"stride {deconv.stride}, kernel {deconv.kernel_size}, padding {deconv.padding}, output_padding "
+            f"{deconv.output_padding}, groups {deconv.groups}, dilation {deconv.dilation}")
+
+    def taps(k: int, p: int) -> tuple[int, list[list[tuple[int, int]]]]:
+        # For phase r, output s*q + r reads input q - t with kernel tap j = s*t + r + p, 0 <= j < k.
+        per_phase = [[(t, s * t + r + p) for t in range(-k, k + 1) if 0 <= s * t + r + p < k] for r in range(s)]
+        radius = max(abs(t) for phase in per_phase for t, _ in phase)
+        return radius, per_phase
+
+    u_h, rows = taps(k_h, p_h)
+    u_w, cols = taps(k_w, p_w)
+    c_in, c_out = deconv.in_channels, deconv.out_channels
+    w = deconv.weight.detach().double()  # (c_in, c_out, k_h, k_w)
+    weight = torch.zeros(c_out, s, s, c_in, 2 * u_h + 1, 2 * u_w + 1, dtype=torch.float64)
+    for rh in range(s):
+        for th, jh in rows[rh]:
+            for rw in range(s):
+                for tw, jw in cols[rw]:
+                    # input q - t is offset -t: conv tap index radius - t
+                    weight[:, rh, rw, :, u_h - th, u_w - tw] = w[:, :, jh, jw].T
+    conv = nn.Conv2d(c_in, c_out * s * s, (2 * u_h + 1, 2 * u_w + 1), padding=(u_h, u_w),
+                     bias=deconv.bias is not None)
+    conv = conv.to(device=deconv.weight.device, dtype=deconv.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(c_out * s * s, c_in, 2 * u_h + 1, 2 * u_w + 1))
+        if deconv.bias is not None:
+            conv.bias.copy_(deconv.bias.detach().repeat_interleave(s * s))
+    return conv

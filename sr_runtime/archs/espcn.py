@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sr_runtime.archs.blocks import Shifted
 from sr_runtime.spec import IOSpec
 
 __all__ = ["ESPCN"]
@@ -44,3 +45,8 @@ class ESPCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shuffle(self.body(x - self.mean)) + self.mean  # (N, s*s, h, w) -> (N, 1, s*h, s*w)
+
+    def sub_pixel_form(self) -> nn.Module:
+        """(N, 1, h, w) -> (N, scale^2, h, w) whose PixelShuffle(scale) is ``forward`` (the shift by the
+        mean commutes with the shuffle)."""
+        return Shifted(self.body, self.mean)

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from sr_runtime.archs.blocks import Shifted, sub_pixel_conv
 from sr_runtime.spec import IOSpec
 
 __all__ = ["FSRCNN"]
@@ -50,3 +51,9 @@ class FSRCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.body(x - self.mean)) + self.mean
+
+    def sub_pixel_form(self) -> nn.Module:
+        """(N, 1, h, w) -> (N, scale^2, h, w) whose PixelShuffle(scale) is ``forward``: the transposed
+        convolution as a convolution per output phase (see :func:`~sr_runtime.archs.blocks.sub_pixel_conv`).
+        A snapshot of the current weights, for export."""
+        return Shifted(nn.Sequential(self.body, sub_pixel_conv(self.deconv)), self.mean)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, ExportError
 
 __all__ = [
@@ -90,6 +91,8 @@ def export_onnx(
     onnx = _import_onnx()
     path = Path(path)
     model = model.eval().to("cpu", torch.float32)
+    if isinstance(model, DeployModel):
+        model = model.export_form()  # the same function, arranged for graph compilers
     example = torch.rand(1, 3, *trace_size)
     buffer = io.BytesIO()
     try:
