@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from sr_runtime.errors import InputError
+from sr_runtime.machine import cpu_flags
 
 __all__ = ["CacheEntry", "cache_key", "cache_root", "clear", "get_or_build", "list_entries", "machine_record"]
 
@@ -65,18 +66,6 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags the kernel reports (Linux), else an empty set."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")

@@ -19,7 +19,7 @@ from sr_runtime.errors import ConfigError
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "GANConfig", "TrainConfig",
-    "load_config", "apply_overrides", "config_to_dict", "config_from_dict", "recipe_path", "CONFIG_DIR",
+    "load_config", "apply_overrides", "parse_duration", "config_to_dict", "config_from_dict", "recipe_path", "CONFIG_DIR",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -130,12 +130,18 @@ class TrainConfig:
     """Write the resumable ``last`` state every N steps (and at the end)."""
     ema: float = 0.0
     """EMA decay for evaluation weights (0: off; e.g. 0.999)."""
-    amp: str = "none"
-    """none, bf16 (autocast on CUDA or CPU) or fp16 (CUDA only, with a grad scaler)."""
+    amp: str = "auto"
+    """auto, none, bf16 (autocast on CUDA or CPU) or fp16 (CUDA only, with a grad scaler). auto: bf16
+    on a CUDA GPU that supports it and on a CPU with BF16 units (AMX or AVX-512 BF16), else none."""
+    threads: int = 0
+    """CPU threads for training; 0: every core, dropping to one while another process holds the cores
+    (timed every few hundred steps, see :mod:`sr_train.threads`)."""
     patience: int = 0
     """Stop after this many validations without a better PSNR (0: never)."""
-    time_limit_min: float = 0.0
-    """Stop cleanly (validate, checkpoint) after this many minutes (0: no limit)."""
+    time_budget: str | None = None
+    """Wall-clock budget such as ``9m``, ``2h`` or ``1h30m``. A short calibration measures steps/s and
+    validation time, ``steps`` becomes what fits, the schedule is stretched to end with it, and the run
+    stops (validated, checkpointed) when the budget is spent whatever the speed. None: run ``steps``."""
     seed: int = 0
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:N."""
@@ -148,10 +154,37 @@ class TrainConfig:
         for name in ("steps", "val_every", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.amp not in ("auto", "none", "bf16", "fp16"):
+            raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: every core, tuned), got {self.threads}")
+        if self.time_budget is not None:
+            self.time_budget = str(self.time_budget)
+            parse_duration(self.time_budget, "time_budget")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """``time_budget`` in seconds, None without one."""
+        return None if self.time_budget is None else parse_duration(self.time_budget, "time_budget")
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str, key: str) -> float:
+    """``"2h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` -> seconds (> 0). Raises ConfigError naming ``key``."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|min|m|s)", text.strip().lower())
+    rebuilt = "".join(n + u for n, u in parts)
+    if not parts or rebuilt != re.sub(r"\s+", "", text.strip().lower()):
+        raise ConfigError(f"{key} must be a duration with a unit such as 9m, 2h, 1h30m or 300s, got {text!r}")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"{key} must be longer than zero, got {text!r}")
+    return seconds
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -195,6 +228,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    if "time_limit_min" in data:  # run directories written before time_budget replaced it
+        data = dict(data)
+        minutes = float(data.pop("time_limit_min") or 0)
+        if minutes > 0 and data.get("time_budget") is None:
+            data["time_budget"] = f"{minutes:g}m"
     return _build(TrainConfig, data, "")
 
 

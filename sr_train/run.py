@@ -7,9 +7,11 @@ config and call these in order.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import logging
+import math
 import os
 import random
 import sys
@@ -41,7 +43,10 @@ from sr_train.data import (
     load_hr_folder,
 )
 
-__all__ = ["Dist", "setup_dist", "resolve_device", "build_model", "load_data", "validate", "RunFiles", "EMA"]
+__all__ = [
+    "Dist", "setup_dist", "resolve_device", "resolve_amp", "build_model", "load_data", "validate", "RunFiles", "EMA",
+    "Schedule",
+]
 
 log = logging.getLogger("sr_train")
 
@@ -65,6 +70,14 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+    def reduce_min(self, value: float) -> float:
+        """The smallest ``value`` over all ranks."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return float(t.item())
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when any rank says True (stop decisions must be collective)."""
@@ -160,13 +173,13 @@ def validate(net: nn.Module, spec: IOSpec, images: list[HRImage], device: torch.
 
     Runs without TF32, so a GPU scores what the CPU scores (to float32 rounding).
     """
+    # A contiguous copy: the training copy is channels-last, and its convolutions round differently from
+    # those of the checkpoint that the score is recorded for (what sr-eval loads).
+    net = copy.deepcopy(net).to(memory_format=torch.contiguous_format).eval()
     model = DeployModel(net, spec).eval()
-    was_training = net.training
-    net.eval()
     with full_fp32():
         scores = [score_image(modcrop(img.rgb, spec.scale)[None].to(device, torch.float64), spec.scale, model=model)
                   for img in images]
-    net.train(was_training)
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 
 
@@ -186,8 +199,6 @@ class EMA:
 
 
 def build_clone(model: nn.Module) -> nn.Module:
-    import copy
-
     clone = copy.deepcopy(model)
     clone.requires_grad_(False)
     return clone
@@ -199,17 +210,75 @@ def make_optimizer(params, *, optimizer: str, lr: float, betas, momentum: float,
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
-def make_scheduler(opt, *, kind: str, steps: int, step_size: int, milestones, gamma: float, min_lr: float):
-    s = torch.optim.lr_scheduler
-    if kind == "step":
-        return s.StepLR(opt, step_size=step_size, gamma=gamma)
-    if kind == "multistep":
-        return s.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-    if kind == "exponential":
-        return s.ExponentialLR(opt, gamma=gamma)
-    if kind == "cosine":
-        return s.CosineAnnealingLR(opt, T_max=steps, eta_min=min_lr)
-    return s.LambdaLR(opt, lambda _: 1.0)
+class Schedule:
+    """The learning rate as a function of training progress ``p`` in [0, 1], not of the step number.
+
+    ``p`` moves by an equal share of what is left at each step, so the schedule ends exactly at the
+    last planned step; :meth:`replan` changes how many steps are left (a time budget does, as the
+    machine speeds up or slows down) without a jump backwards. With a fixed plan, ``p = step / steps``.
+    ``kind``: cosine (to ``min_lr``), step, multistep and exponential (their step counts read as
+    fractions of ``steps``, the recipe's length), or none.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, *, kind: str, steps: int, step_size: int, milestones,
+                 gamma: float, min_lr: float) -> None:
+        self.opt, self.kind, self.steps = opt, kind, steps
+        self.step_size, self.milestones, self.gamma, self.min_lr = step_size, list(milestones), gamma, min_lr
+        self.base = [g["lr"] for g in opt.param_groups]
+        self.p, self.done, self.planned = 0.0, 0, steps
+        self._apply()
+
+    def factor(self, base: float) -> float:
+        p, n = self.p, self.steps
+        if self.kind == "cosine":
+            return (self.min_lr + (base - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))) / base
+        if self.kind == "step":
+            return self.gamma ** math.floor(p * n / self.step_size + 1e-9)
+        if self.kind == "multistep":
+            return self.gamma ** sum(p * n >= m - 1e-9 for m in self.milestones)
+        if self.kind == "exponential":
+            return self.gamma ** (p * n)
+        return 1.0
+
+    def replan(self, total_steps: int) -> None:
+        """From now on, reach the end of the schedule at step ``total_steps``."""
+        self.planned = max(total_steps, self.done + 1)
+
+    def step(self) -> None:
+        left = self.planned - self.done
+        self.p = min(1.0, self.p + (1.0 - self.p) / left) if left > 0 else 1.0
+        self.done += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        for g, base in zip(self.opt.param_groups, self.base):
+            g["lr"] = base * self.factor(base)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p, "done": self.done, "planned": self.planned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.p, self.done, self.planned = float(state["p"]), int(state["done"]), int(state["planned"])
+        self._apply()
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a CUDA GPU with BF16 or a CPU with BF16 units, else ``none``; logged."""
+    from sr_runtime.machine import cpu_has_bf16
+
+    if amp == "fp16" and device.type != "cuda":  # bf16 autocast also runs on CPU; fp16's grad scaler is CUDA's
+        raise ConfigError(f"amp=fp16 needs a CUDA device; training runs on {device} (set amp=bf16 or amp=none)")
+    if amp != "auto":
+        log.info("precision: %s (amp=%s as asked)", "fp32" if amp == "none" else f"{amp} autocast", amp)
+        return amp
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        why = "this GPU supports BF16" if bf16 else "this GPU has no BF16"
+    else:
+        bf16 = cpu_has_bf16()
+        why = "this CPU has BF16 units (AMX or AVX-512 BF16)" if bf16 else "this CPU has no BF16 units"
+    log.info("precision: %s (amp=auto: %s)", "bf16 autocast" if bf16 else "fp32", why)
+    return "bf16" if bf16 else "none"
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,19 +14,20 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from sr_runtime.errors import ConfigError
 from sr_train.config import TrainConfig, config_to_dict
 from sr_train.data import PairedPatches
 from sr_train.losses import pixel_loss
+from sr_train.threads import ThreadTuner
 from sr_train.run import (
     EMA,
     RunFiles,
+    Schedule,
     build_model,
     check_val_images,
     load_data,
     make_optimizer,
-    make_scheduler,
     progress_bar,
+    resolve_amp,
     resolve_device,
     rng_state,
     seed_everything,
@@ -43,8 +44,6 @@ log = logging.getLogger("sr_train")
 def _autocast(amp: str, device: torch.device):
     if amp == "none":
         return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"amp=fp16 needs a CUDA device; training runs on {device} (set amp=bf16 or amp=none)")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
@@ -61,18 +60,66 @@ def _max_diff_to_rank0(model: torch.nn.Module) -> float:
     return worst
 
 
+class _Budget:
+    """A wall-clock budget: time the steps and validations, and plan the steps that fit what is left.
+
+    The first plan comes after a short calibration (a few warm-up steps excluded); the plan is
+    renewed every ``REPLAN`` of the budget from the speed measured since the last one, so a machine
+    that gets busier or quieter moves the end of the schedule with it.
+    """
+
+    WARMUP_STEPS = 3
+    CALIBRATE_STEPS, CALIBRATE_SECONDS = 20, 10.0
+    REPLAN = 0.02
+
+    def __init__(self, seconds: float, val_every: int) -> None:
+        self.seconds, self.val_every = seconds, val_every
+        self.val_seconds = 0.0
+        self.planned = False
+        self._mark: tuple[int, float] | None = None
+
+    def rate(self, step: int, elapsed: float) -> float | None:
+        """Steps/s since the last plan once enough steps and time have passed, else None."""
+        if step < self.WARMUP_STEPS:
+            return None
+        if self._mark is None:
+            self._mark = (step, elapsed)
+            return None
+        steps, seconds = step - self._mark[0], elapsed - self._mark[1]
+        if self.planned:
+            due = seconds >= max(self.REPLAN * self.seconds, 2.0)
+        else:  # a long calibration only delays the plan: at most 5% of the budget
+            due = steps >= self.CALIBRATE_STEPS and seconds >= min(self.CALIBRATE_SECONDS, 0.05 * self.seconds)
+        if not due or seconds <= 0:
+            return None
+        self._mark = (step, elapsed)
+        return steps / seconds
+
+    def plan(self, step: int, elapsed: float, rate: float) -> int:
+        """Total steps that fit: the rest of the budget shared between steps and validations."""
+        self.planned = True
+        left = self.seconds - elapsed - self.val_seconds  # the final validation
+        per_step = 1.0 / rate + self.val_seconds / self.val_every
+        return step + max(1, int(left / per_step))
+
+    def spent(self, elapsed: float) -> bool:
+        """True when the final validation must start now to end inside the budget."""
+        return elapsed + self.val_seconds >= self.seconds
+
+
 def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True) -> Path:
     """Train ``cfg.model`` and return the run directory (holding best/last checkpoints and logs).
 
     With ``resume`` (a run directory) training continues exactly where its last saved state left off:
-    model, EMA, optimizer, scheduler, grad scaler, step, RNG states and data order.
+    model, EMA, optimizer, scheduler, grad scaler, step, RNG states, data order and the planned steps.
+    With ``cfg.time_budget`` the steps are planned from a calibration and the run stops, validated and
+    checkpointed, when the budget is spent (:class:`_Budget`).
     Raises InputError for unusable data, ConfigError for an inconsistent config.
     """
     device = resolve_device(cfg.device)
     dist, device = setup_dist(device)
     seed_everything(cfg.seed)
-    if cfg.amp == "fp16" and device.type != "cuda":  # bf16 autocast also runs on CPU; fp16's grad scaler is CUDA's
-        raise ConfigError(f"amp=fp16 needs a CUDA device; training runs on {device} (set amp=bf16 or amp=none)")
+    amp = resolve_amp(cfg.amp, device)
 
     # Everything that can fail on bad input happens before the run directory exists.
     model, hparams = build_model(cfg.model.name, cfg.model.scale, cfg.model.hparams, cfg.model.init_from)
@@ -88,17 +135,20 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
              len(data), len(val_images), cfg.model.name, spec.scale,
              sum(p.numel() for p in model.parameters()) / 1e6, device, dist.world)
 
-    # Channels-last lets oneDNN (CPU) and cuDNN (CUDA) run the convolutions without layout reorders:
-    # about 1.8x per step for EDSR in BF16 on a CPU with AMX.
+    # Channels-last lets oneDNN (CPU) and cuDNN (CUDA) run the convolutions without layout reorders.
     model.to(device, memory_format=torch.channels_last).train()
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     o = cfg.optim
     opt = make_optimizer(model.parameters(), optimizer=o.optimizer, lr=o.lr, betas=o.betas,
                          momentum=o.momentum, weight_decay=o.weight_decay)
-    sched = make_scheduler(opt, kind=o.scheduler, steps=cfg.steps, step_size=o.step_size,
-                           milestones=o.milestones, gamma=o.gamma, min_lr=o.min_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    tuner = None
+    if device.type == "cpu":
+        tuner = ThreadTuner(cfg.threads or torch.get_num_threads(), enabled=cfg.threads == 0)
 
+    sched = Schedule(opt, kind=o.scheduler, steps=cfg.steps, step_size=o.step_size, milestones=o.milestones,
+                     gamma=o.gamma, min_lr=o.min_lr)
+    budget = _Budget(cfg.budget_seconds, cfg.val_every) if cfg.budget_seconds else None
     step, best_psnr, stale, elapsed = 0, -math.inf, 0, 0.0
     if resume is not None:
         run = RunFiles(resume, main=dist.main)
@@ -107,9 +157,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, best_psnr, stale, elapsed = state["step"], state["best_psnr"], state["stale"], state["elapsed"]
+        sched.load_state_dict(state["scheduler"])
+        if budget is not None:
+            budget.val_seconds, budget.planned = state.get("val_seconds", 0.0), True
         set_rng_state(state["rng"])
         run.truncate_log(step)
         log.info("resumed %s at step %d (best val PSNR %.3f dB)", resume, step, best_psnr)
@@ -124,20 +176,33 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "step": step, "best_psnr": best_psnr, "stale": stale, "elapsed": elapsed, "rng": rng_state(),
+            "val_seconds": budget.val_seconds if budget else 0.0,
         })
         if dist.main:
             run.save_weights("last", eval_model, cfg, hparams, {"step": step, "best_val_psnr": best_psnr})
 
+    started = time.monotonic() - elapsed
+    if budget is not None and not budget.planned:
+        # Time one validation first: the plan reserves time for every validation and the final one.
+        t0 = time.monotonic()
+        if dist.main:
+            psnr0, _ = validate(eval_model, spec, val_images, device)
+            log.info("time budget %s: the model before training scores %.3f dB on validation", cfg.time_budget, psnr0)
+        budget.val_seconds = time.monotonic() - t0
+        elapsed = time.monotonic() - started
+
     bar = None
     if progress and dist.main:
-        bar = progress_bar(cfg.steps, step, f"{cfg.model.name} x{spec.scale}")
-    started = time.monotonic() - elapsed
+        bar = progress_bar(sched.planned, step, f"{cfg.model.name} x{spec.scale}")
     val_psnr = math.nan
-    while step < cfg.steps:
+    while step < sched.planned:
+        if tuner is not None:
+            tuner.before_step()
+        t_step = time.monotonic()
         lr_in, hr = data.sample(step)
         lr_in = lr_in.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         hr = hr.to(device, non_blocking=True)
-        with _autocast(cfg.amp, device):
+        with _autocast(amp, device):
             sr = net(lr_in)
             loss = pixel_loss(cfg.loss.kind, sr.float(), hr, eps=cfg.loss.eps)
         opt.zero_grad(set_to_none=True)
@@ -151,25 +216,44 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         if ema is not None:
             ema.update(model)
         step += 1
-        elapsed = time.monotonic() - started
-
         loss_value = loss.item()
+        elapsed = time.monotonic() - started
+        if tuner is not None:
+            tuner.after_step(time.monotonic() - t_step)
+
+        if budget is not None and not (tuner is not None and tuner.probing):
+            rate = budget.rate(step, elapsed)
+            if rate is not None:
+                first = not budget.planned
+                planned = budget.plan(step, elapsed, rate)
+                if dist.enabled:  # every rank runs the same number of steps: the slowest rank's plan
+                    planned = int(dist.reduce_min(planned))
+                sched.replan(planned)
+                (log.info if first else log.debug)(
+                    "time budget %s: %.2f steps/s, validation %.1f s -> %d steps (recipe: %d)",
+                    cfg.time_budget, rate, budget.val_seconds, sched.planned, cfg.steps)
+                if bar is not None:
+                    bar.total = sched.planned
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}; lower optim.lr or set optim.grad_clip")
         if step % cfg.log_every == 0:
-            run.log_row(step=step, loss=f"{loss_value:.8g}", lr=f"{sched.get_last_lr()[0]:.6g}", seconds=f"{elapsed:.1f}")
+            run.log_row(step=step, loss=f"{loss_value:.8g}", lr=f"{opt.param_groups[0]['lr']:.6g}",
+                        seconds=f"{elapsed:.1f}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}", psnr=f"{val_psnr:.2f}", refresh=False)
 
         out_of_time = False
-        if cfg.time_limit_min > 0 and step % cfg.log_every == 0:  # every rank asks at the same steps
-            out_of_time = dist.agree(elapsed > cfg.time_limit_min * 60)
-        last = step == cfg.steps or out_of_time
+        if budget is not None and step % min(cfg.log_every, 10) == 0:  # every rank asks at the same steps
+            out_of_time = dist.agree(budget.spent(elapsed))
+        last = step >= sched.planned or out_of_time
         if step % cfg.val_every == 0 or last:
             stop = False
             if dist.main:
+                t0 = time.monotonic()
                 val_psnr, val_ssim = validate(eval_model, spec, val_images, device)
+                if budget is not None:
+                    budget.val_seconds = max(budget.val_seconds, time.monotonic() - t0)
                 run.log_row(step=step, val_psnr=f"{val_psnr:.4f}", val_ssim=f"{val_ssim:.5f}", seconds=f"{elapsed:.1f}")
                 if val_psnr > best_psnr:
                     best_psnr, stale = val_psnr, 0
@@ -186,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
         if step % cfg.ckpt_every == 0 or last:
             save_state()
         if out_of_time:
-            log.info("time limit of %g min reached at step %d", cfg.time_limit_min, step)
+            log.info("time budget %s spent at step %d of %d planned", cfg.time_budget, step, sched.planned)
         if last:
             break
     if bar is not None:

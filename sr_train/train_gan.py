@@ -106,7 +106,7 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
         if bar is not None:
             bar.update(1)
             bar.set_postfix(g=f"{loss_g.item():.4g}", d=f"{loss_d.item():.4g}", refresh=False)
-        last = step == cfg.steps or (cfg.time_limit_min > 0 and elapsed > cfg.time_limit_min * 60)
+        last = step == cfg.steps or (cfg.budget_seconds is not None and elapsed > cfg.budget_seconds)
         if step % cfg.val_every == 0 or last:
             val_psnr, val_ssim = validate(gen, spec, val_images, device)
             run.log_row(step=step, val_psnr=f"{val_psnr:.4f}", val_ssim=f"{val_ssim:.5f}", seconds=f"{elapsed:.1f}")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 def _cmd(hr_dirs, out, run_name, steps=300, ema=0.0):
     return [sys.executable, "-m", "sr_train.cli", "--model", "fsrcnn", "--scale", "2", "--data", str(hr_dirs[0]),
             "--val", str(hr_dirs[1]), "--out", str(out), "--quiet", f"steps={steps}", "log_every=1",
-            "ckpt_every=7", "val_every=100", "data.batch_size=4", "data.patch_size=10", "time_limit_min=0",
+            "ckpt_every=7", "val_every=100", "data.batch_size=4", "data.patch_size=10", "time_budget=null",
             f"ema={ema}", f"run_name={run_name}"]
 
 
