@@ -100,14 +100,14 @@ def _csv(text: str) -> list[str]:
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
+    """``"HxW"`` for argparse: :func:`sr_runtime.spec.parse_hw`, its error as argparse's."""
+    from sr_runtime.errors import ConfigError
+    from sr_runtime.spec import parse_hw
+
     try:
-        h, w = text.lower().split("x")
-        hw = int(h), int(w)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW (e.g. 270x480)") from None
-    if min(hw) < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
-    return hw
+        return parse_hw(text, flag="size")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from sr_export.pipeline import DEFAULT_SCALE, FORMATS, ExportRequest, ExportResult, run_export
-from sr_export.profile import parse_hw
 from sr_runtime.errors import SRError
 from sr_runtime.export.onnx import DEFAULT_OPSET
+from sr_runtime.spec import parse_hw
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "build_parser", "main", "FORMATS", "DEFAULT_SCALE"]
 

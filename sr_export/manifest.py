@@ -7,7 +7,6 @@ NaN/Inf), the time each step took, the source checkpoint and the versions of eve
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -16,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sr_runtime.atomic import atomic_write_bytes, sha256_file
 from sr_runtime.export.verify import ParityRow
-from sr_runtime.atomic import atomic_write_bytes
 
 __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "file_entry",
-    "sha256_file",
     "tool_versions",
     "write_manifest",
     "read_manifest",
@@ -33,14 +31,6 @@ MANIFEST_NAME = "export.json"
 MANIFEST_VERSION = 1
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common", "tensorrt", "numpy")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_entry(path: str | Path, *, kind: str, precision: str | None = None) -> dict[str, Any]:

@@ -28,15 +28,16 @@ import torch
 
 from sr_export import tensorrt as trt_export
 from sr_export.fp16 import convert_fp16
-from sr_export.manifest import Manifest, read_manifest, sha256_file, write_manifest
-from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, io_description, set_metadata, slim_onnx
-from sr_runtime.export.shapes import export_dynamic
-from sr_export.profile import ShapeProfile, default_profile, format_hw
-from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
-from sr_runtime.atomic import current_umask
+from sr_export.manifest import Manifest, read_manifest, write_manifest
+from sr_runtime.atomic import current_umask, sha256_file
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ConfigError
+from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, io_description, set_metadata, slim_onnx
+from sr_runtime.export.profile import ShapeProfile, default_profile
+from sr_runtime.export.shapes import export_dynamic
+from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
+from sr_runtime.spec import format_hw
 from sr_runtime.zoo import resolve_checkpoint
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "FORMATS", "DEFAULT_SCALE"]

@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from sr_runtime.atomic import sha256_file
 from sr_runtime.backends.base import Backend, parse_device
-from sr_runtime.cache import cache_key, get_or_build, machine_record, sha256_file
+from sr_runtime.cache import cache_key, get_or_build, machine_record
 from sr_runtime.checkpoint import Checkpoint
 from sr_runtime.errors import BackendUnavailableError, SRError
 
@@ -311,11 +312,6 @@ def _parity_inputs(ckpt: Checkpoint, photos) -> list[tuple[str, torch.Tensor]]:
     return cases
 
 
-def _psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def _run(backend: Backend, lr: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = backend.run(lr.to(backend.device, backend.input_dtype))
@@ -324,10 +320,9 @@ def _run(backend: Backend, lr: torch.Tensor) -> torch.Tensor:
 
 def _gate(backend: Backend, candidate: Candidate, refs, photos, ckpt: Checkpoint, reference: Backend) -> tuple[float, str]:
     """(worst parity dB, "") when ``backend`` passes the gate, else (worst, why it failed)."""
-    from sr_runtime.metrics import psnr
-    from sr_runtime.resize import make_lr, modcrop
-
     from sr_runtime.export.verify import TOLERANCES  # the gate sr-export uses
+    from sr_runtime.metrics import psnr, psnr_db
+    from sr_runtime.resize import make_lr, modcrop
 
     need = TOLERANCES[candidate.precision].min_psnr_db
     worst = math.inf
@@ -335,7 +330,7 @@ def _gate(backend: Backend, candidate: Candidate, refs, photos, ckpt: Checkpoint
         out = _run(backend, lr)
         if not torch.isfinite(out).all():
             return worst, f"NaN/Inf in its output on {what}"
-        worst = min(worst, _psnr_db(out, ref))
+        worst = min(worst, psnr_db(out, ref))
         if worst < need:
             return worst, f"parity {worst:.1f} dB on {what}, below the {need:g} dB a {candidate.precision} form needs"
     if candidate.precision == "fp32":

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sr_runtime.atomic import sha256_file
 from sr_runtime.errors import InputError
 from sr_runtime.machine import cpu_flags
 
@@ -51,14 +52,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["SR_RUNTIME_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sr_runtime"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _version(dist: str) -> str | None:

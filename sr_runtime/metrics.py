@@ -6,18 +6,20 @@ of 255, and SSIM as Wang et al.'s ``ssim_index.m`` (11x11 Gaussian window, sigma
 K2 = 0.03, 'valid' filtering, mean of the map). A 1-channel image is its own Y plane.
 
 Everything runs in float64 on the inputs' device and is batched: each function returns a float64
-tensor with one value per image.
+tensor with one value per image. :func:`psnr_db` is the same PSNR over all the values of two
+outputs, for parity between two forms of one model (ONNX against PyTorch, say), not the protocol.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sr_runtime.color import rgb_to_y
 from sr_runtime.errors import InputError
 
-__all__ = ["ROUND_Y", "y_channel_255", "psnr", "ssim", "psnr_y", "ssim_y"]
+__all__ = ["ROUND_Y", "y_channel_255", "psnr", "psnr_db", "ssim", "psnr_y", "ssim_y"]
 
 ROUND_Y = True
 """Round Y to integers, as MATLAB's ``rgb2ycbcr`` does on uint8 images (what the EDSR/RCAN-style
@@ -57,8 +59,23 @@ def psnr_y(sr_y: torch.Tensor, hr_y: torch.Tensor, *, crop: int, data_range: flo
     """PSNR (dB) per image of two (N, 1, H, W) planes already in [0, ``data_range``]; ``inf`` when equal."""
     _check_pair(sr_y, hr_y)
     diff = _crop(sr_y.to(torch.float64), crop) - _crop(hr_y.to(torch.float64), crop)
-    mse = diff.pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(data_range**2 / mse)
+    return _psnr_from_mse(diff.pow(2).flatten(1).mean(dim=1), data_range)
+
+
+def _psnr_from_mse(mse: torch.Tensor, data_range: float) -> torch.Tensor:
+    return 10.0 * torch.log10(data_range**2 / mse)  # mse 0: inf
+
+
+def psnr_db(out: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray, *, data_range: float = 1.0) -> float:
+    """PSNR (dB) of ``out`` against ``ref`` over all their values (tensors or arrays of one shape,
+    any float dtype, in [0, ``data_range``]), computed in float64; ``inf`` when they are equal.
+
+    For parity between two forms of one model; the literature's protocol is :func:`psnr`.
+    """
+    a = torch.as_tensor(out).to(torch.float64)
+    b = torch.as_tensor(ref).to(device=a.device, dtype=torch.float64)
+    _check_pair(a, b)
+    return float(_psnr_from_mse((a - b).pow(2).mean(), data_range))
 
 
 def _gaussian_window(device: torch.device) -> torch.Tensor:

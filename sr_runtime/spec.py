@@ -1,14 +1,35 @@
-"""The input/output contract an architecture declares as data.
+"""The input/output contract an architecture declares as data, and image sizes written ``HxW``.
 
 The runtime and the exporter read an :class:`IOSpec`; nothing branches on architecture names.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["IOSpec"]
+from sr_runtime.errors import ConfigError
+
+__all__ = ["IOSpec", "format_hw", "parse_hw"]
+
+_HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_hw(text: str, *, flag: str = "shape") -> tuple[int, int]:
+    """Parse ``"HxW"`` (e.g. ``"270x480"``) into ``(H, W)``; raises ConfigError naming ``flag``."""
+    match = _HW.match(str(text))
+    if not match:
+        raise ConfigError(f"{flag}: expected HEIGHTxWIDTH such as 270x480, got {text!r}")
+    h, w = int(match.group(1)), int(match.group(2))
+    if h < 1 or w < 1:
+        raise ConfigError(f"{flag}: height and width must be positive, got {text!r}")
+    return h, w
+
+
+def format_hw(hw: tuple[int, int]) -> str:
+    """``(H, W)`` as ``"HxW"``."""
+    return f"{hw[0]}x{hw[1]}"
 
 
 @dataclass(frozen=True)

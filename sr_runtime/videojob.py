@@ -279,7 +279,7 @@ class VideoJob:
     def prepare(self) -> list[Segment] | None:
         """Plan the segments and open (or resume, or discard) the job folder. None when this video
         is better done in a single pass (see the module docstring); nothing is created then."""
-        from sr_runtime.cache import sha256_file
+        from sr_runtime.atomic import sha256_file
 
         if self.src.resolve() == self.dst.resolve():
             raise InputError(f"{self.dst}: the output would overwrite the input; choose another name")
@@ -332,7 +332,7 @@ class VideoJob:
             return {}
 
     def _trusted(self, done: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        from sr_runtime.cache import sha256_file
+        from sr_runtime.atomic import sha256_file
 
         trusted = {}
         for key, entry in done.items():
@@ -364,7 +364,7 @@ class VideoJob:
         :mod:`sr_runtime.distributed`), join them into ``dst`` and remove the job folder; returns
         the output's frame count. ``progress``: a :class:`sr_runtime.progress.Progress` (frames).
         On an error or Ctrl-C the finished segments stay for a resume and the message says so."""
-        from sr_runtime.cache import sha256_file
+        from sr_runtime.atomic import sha256_file
         from sr_runtime.video import join_segments
 
         try:
@@ -462,8 +462,8 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 def model_identity(model: str | os.PathLike | None, scale: int | None, *, runs_dir: str | os.PathLike = "runs") -> str:
     """The sha256 of the file that ``model`` (as given to the Upscaler) resolves to."""
+    from sr_runtime.atomic import sha256_file
     from sr_runtime.backends import model_kind
-    from sr_runtime.cache import sha256_file
     from sr_runtime.zoo import default_model, resolve_checkpoint
 
     if model is None:

@@ -134,17 +134,13 @@ class _ZeroNet(torch.nn.Module):
         return x.new_zeros(n, c, h * r, w * r)
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def informative(ref, lr, spec, *, threshold_db: float, margin_db: float = 5.0) -> None:
     """Assert that ``ref`` (a model's RGB output for RGB ``lr``, tensors or NCHW arrays in [0, 1])
     is at least ``margin_db`` below ``threshold_db`` from each broken-form baseline: all zeros, the
     bicubic upscale of ``lr`` (an identity network), and the model's wrapper around a network that
     returns zeros. Then a form that returns one of those cannot pass a parity test at that threshold."""
     from sr_runtime.deploy import DeployModel
+    from sr_runtime.metrics import psnr_db
     from sr_runtime.resize import upscale_bicubic
 
     ref, lr = torch.as_tensor(ref).float(), torch.as_tensor(lr).float()
@@ -155,7 +151,7 @@ def informative(ref, lr, spec, *, threshold_db: float, margin_db: float = 5.0) -
             "zero network": DeployModel(_ZeroNet(spec)).eval()(lr),
         }
     for what, baseline in baselines.items():
-        score = _psnr(ref, baseline)
+        score = psnr_db(ref, baseline)
         assert score < threshold_db - margin_db, (
             f"reference output is {score:.1f} dB from the {what} baseline: too close to tell a broken form "
             f"from a working one at {threshold_db} dB; use weights with a real signal"

@@ -47,6 +47,7 @@ from torch import nn
 
 from sr_runtime.backends.base import ShapeLimits
 from sr_runtime.errors import UnsupportedModelError
+from sr_runtime.metrics import psnr_db
 from sr_runtime.spec import IOSpec
 
 __all__ = [
@@ -176,11 +177,10 @@ def probe_image(channels: int, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def _psnr_to(out: np.ndarray, ref: torch.Tensor) -> float:
-    a = torch.from_numpy(np.asarray(out, dtype=np.float64))
-    if not torch.isfinite(a).all():
+    out = np.asarray(out, dtype=np.float64)
+    if not np.isfinite(out).all():
         return -math.inf
-    mse = torch.mean((a - ref.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return psnr_db(out, ref)
 
 
 def _run_pair(

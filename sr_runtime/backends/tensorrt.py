@@ -14,15 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sr_runtime.backends.base import Backend, ShapeLimits, parse_device
-from sr_runtime.errors import BackendUnavailableError, EngineMismatchError, InputError
-from sr_runtime.spec import IOSpec
+from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError, InputError
+from sr_runtime.spec import IOSpec, parse_hw
 
 __all__ = ["IO_ALIGNMENT", "TensorRTBackend", "check_sidecar", "import_tensorrt", "read_sidecar", "sidecar_path"]
 
@@ -35,7 +34,6 @@ _INSTALL_HINT = (
 _REQUIRED = ("tensorrt_version", "gpu_name", "precision", "profile")
 IO_ALIGNMENT = 256
 """Bytes: TensorRT requires I/O tensor addresses aligned to 256 bytes (``set_tensor_address``)."""
-_HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 def import_tensorrt():
@@ -72,10 +70,10 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
 
 
 def _parse_hw(text: Any, what: str) -> tuple[int, int]:
-    match = _HW.match(str(text))
-    if not match:
-        raise EngineMismatchError(f"engine sidecar profile {what} {text!r} is not HEIGHTxWIDTH; rebuild the engine")
-    return int(match.group(1)), int(match.group(2))
+    try:
+        return parse_hw(text, flag=f"engine sidecar profile {what}")
+    except ConfigError as e:
+        raise EngineMismatchError(f"{e}; rebuild the engine") from e
 
 
 def _limits(record: dict[str, Any]) -> ShapeLimits:

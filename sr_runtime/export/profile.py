@@ -7,17 +7,14 @@ so that an engine is never built for inputs the model cannot take.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from sr_runtime.errors import ConfigError
-from sr_runtime.spec import IOSpec
+from sr_runtime.spec import IOSpec, format_hw, parse_hw
 
 __all__ = [
     "ShapeProfile",
-    "parse_hw",
-    "format_hw",
     "default_profile",
     "DEFAULT_MIN",
     "DEFAULT_OPT",
@@ -30,24 +27,6 @@ DEFAULT_OPT: tuple[int, int] = (270, 480)
 """Shape TensorRT tunes for by default: a 1080p frame at x4 (or a large tile)."""
 DEFAULT_MAX: tuple[int, int] = (1088, 1920)
 """Largest LR input by default: a whole 1080p frame (1080 rounded up to a multiple of 32)."""
-
-_HW = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_hw(text: str, *, flag: str = "shape") -> tuple[int, int]:
-    """Parse ``"HxW"`` (e.g. ``"270x480"``) into ``(H, W)``; raises ConfigError naming ``flag``."""
-    match = _HW.match(str(text))
-    if not match:
-        raise ConfigError(f"{flag}: expected HEIGHTxWIDTH such as 270x480, got {text!r}")
-    h, w = int(match.group(1)), int(match.group(2))
-    if h < 1 or w < 1:
-        raise ConfigError(f"{flag}: height and width must be positive, got {text!r}")
-    return h, w
-
-
-def format_hw(hw: tuple[int, int]) -> str:
-    return f"{hw[0]}x{hw[1]}"
-
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple

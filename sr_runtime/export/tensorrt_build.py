@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from sr_runtime.cache import sha256_file
-from sr_runtime.export.profile import ShapeProfile, format_hw
-from sr_runtime.atomic import atomic_write_bytes
+from sr_runtime.export.profile import ShapeProfile
+from sr_runtime.atomic import atomic_write_bytes, sha256_file
 from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
-from sr_runtime.spec import IOSpec
+from sr_runtime.spec import IOSpec, format_hw
 
 __all__ = [
     "TRT_ELEMENT_LIMIT",

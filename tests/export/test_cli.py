@@ -13,7 +13,7 @@ from skimage import data
 
 from sr_export import cli, pipeline
 from sr_export import tensorrt as trt_export
-from sr_export.manifest import sha256_file
+from sr_runtime.atomic import sha256_file
 from sr_runtime.export.onnx import read_metadata
 from sr_runtime.export.verify import TOLERANCES, Tolerance
 from sr_runtime.archs import build, resolve_hparams

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sr_export.profile import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, ShapeProfile, default_profile, parse_hw
 from sr_runtime.errors import ConfigError
-from sr_runtime.spec import IOSpec
+from sr_runtime.export.profile import DEFAULT_MAX, DEFAULT_MIN, DEFAULT_OPT, ShapeProfile, default_profile
+from sr_runtime.spec import IOSpec, parse_hw
 
 
 @pytest.mark.parametrize("text, expected", [("270x480", (270, 480)), (" 32X64 ", (32, 64)), ("1x1", (1, 1))])

@@ -16,7 +16,8 @@ from torch import nn
 
 from sr_export import tensorrt as trt_export
 from sr_runtime.export.onnx import export_onnx
-from sr_export.profile import ShapeProfile, default_profile, parse_hw
+from sr_runtime.export.profile import ShapeProfile, default_profile
+from sr_runtime.spec import parse_hw
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError
 from sr_runtime.spec import IOSpec

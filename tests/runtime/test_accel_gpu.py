@@ -20,6 +20,7 @@ from sr_runtime.backends import create_backend
 from sr_runtime.backends.torch import TorchBackend
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.errors import BackendUnavailableError, ExportError
+from sr_runtime.metrics import psnr_db
 from sr_runtime.zoo import shipped_path
 
 pytest.importorskip("onnxruntime")
@@ -286,11 +287,6 @@ def test_engine_profile_is_aligned_and_holds_the_gate_inputs():
 # --- on a GPU -------------------------------------------------------------------------------------
 
 
-def _parity_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def _entry(root):
     (entry_dir,) = [p for p in root.iterdir() if p.is_dir()]
     return entry_dir, json.loads((entry_dir / "entry.json").read_text())
@@ -311,7 +307,7 @@ def test_auto_path_builds_a_tensorrt_fp16_engine_that_passes_parity(fast, photo_
     assert list(rows) == ["tensorrt-fp16", "tensorrt-fp32"][: len(rows)]  # TensorRT only, FP16 first
     assert rows["tensorrt-fp16"]["status"] == "passed", rows["tensorrt-fp16"]
     assert record["choice"]["file"] in {p.name for p in entry_dir.iterdir()}
-    assert _parity_db(out, want) >= 45
+    assert psnr_db(out, want, data_range=255.0) >= 45
     # The default auto path on this GPU builds the engine too, as its first candidate.
     for p in fast.iterdir():
         if p.is_dir():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 
 import numpy as np
@@ -19,17 +18,13 @@ from sr_runtime.checkpoint import load_checkpoint, save_checkpoint
 from sr_runtime.color import image_to_tensor
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, EngineMismatchError, InputError, UnsupportedScaleError
+from sr_runtime.metrics import psnr_db
 from sr_runtime.spec import IOSpec
 
 PARITY_ARCHS = ("fsrcnn", "srcnn", "edsr")
 """One of each contract: Y with transposed conv, Y with bicubic pre-upsampling, RGB sub-pixel."""
 TOLERANCE_DB = {"fp32": 50.0, "fp16": 45.0}
 """Minimum PSNR against torch FP32, per precision (45 dB: the gate for reduced precision)."""
-
-
-def rgb_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def make_checkpoint(path, name: str, scale: int = 2, net=None):
@@ -183,7 +178,7 @@ def test_onnxruntime_cpu_matches_torch_fp32_on_a_photo(tmp_path, name, photo_cro
             expected = ref.run(photo_crop)
         signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB["fp32"])
         got = ort.run(photo_crop)
-    db = rgb_psnr(got, expected)
+    db = psnr_db(got, expected)
     print(f"{name}: onnxruntime CPU vs torch FP32: {db:.1f} dB")
     assert db >= TOLERANCE_DB["fp32"]
 
@@ -194,7 +189,7 @@ def test_torch_backend_matches_the_deploy_model(fsrcnn_files, photo_crop):
         expected = DeployModel(ckpt.model).eval()(photo_crop)
     for channels_last in (False, True):
         with create_backend(fsrcnn_files[0], device="cpu", channels_last=channels_last) as backend:
-            assert rgb_psnr(backend.run(photo_crop), expected) >= 80
+            assert psnr_db(backend.run(photo_crop), expected) >= 80
 
 
 def test_onnx_without_metadata_is_probed_and_a_scale_is_checked(tmp_path, fsrcnn_files):
@@ -304,7 +299,7 @@ def test_torch_cuda_matches_cpu_fp32(fsrcnn_files, photo_crop, precision, option
         x = photo_crop.to("cuda", gpu.input_dtype)
         gpu.run(torch.flip(x, dims=[-1]))  # the first call compiles or captures, on another image
         got = gpu.run(x).float().cpu()  # a replay must compute on its own input, not the captured one
-    assert rgb_psnr(got, expected) >= TOLERANCE_DB[precision]
+    assert psnr_db(got, expected) >= TOLERANCE_DB[precision]
 
 
 @pytest.mark.gpu
@@ -318,7 +313,7 @@ def test_onnxruntime_cuda_iobinding_matches_torch(fsrcnn_files, photo_crop, sign
     with create_backend(fsrcnn_files[1], provider="cuda") as ort:
         got = ort.run(photo_crop.cuda())
         assert got.is_cuda
-    assert rgb_psnr(got.cpu(), expected) >= TOLERANCE_DB["fp32"]
+    assert psnr_db(got.cpu(), expected) >= TOLERANCE_DB["fp32"]
 
 
 @pytest.mark.gpu
@@ -341,7 +336,7 @@ def test_tensorrt_engine_matches_torch(tmp_path, fsrcnn_files, photo_crop):
         got = trt.run(photo_crop.cuda().to(trt.input_dtype)).float().cpu()
         with pytest.raises(InputError, match="largest"):
             trt.run(torch.rand(1, 3, 256, 256, device="cuda", dtype=trt.input_dtype))
-    assert rgb_psnr(got, expected) >= TOLERANCE_DB[trt.precision]
+    assert psnr_db(got, expected) >= TOLERANCE_DB[trt.precision]
     # A view into a batch starts wherever the slice does (not 256-byte aligned): realigned, same result.
     with create_backend(engine) as trt:
         pair = torch.cat([photo_crop[:, :, :, 1:], photo_crop[:, :, :, :-1]]).cuda().to(trt.input_dtype)

@@ -32,6 +32,7 @@ from sr_runtime import eval_cli
 from sr_runtime.color import image_to_tensor
 from sr_runtime.export.verify import TOLERANCES, compare
 from sr_runtime.images import read_image, write_image
+from sr_runtime.metrics import psnr_db
 from sr_runtime.upscaler import Upscaler
 
 FAMILIES = {
@@ -71,11 +72,6 @@ def _tiny_photo() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut()[180:204, 200:232])
-
-
-def _psnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    mse = torch.mean((ref.double() - out.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
 def test_the_file_is_in_the_published_layout(pth):
@@ -130,7 +126,7 @@ def test_fp16_onnx_runs_without_scale_and_matches_the_pth_in_fp32(pth, exported,
     assert run_cli.main([str(src), "--model", str(onnx16), "-o", str(dst), "-q"]) == 0
     written = read_image(dst).pixels
     assert written.shape == (96, 128, 3)
-    assert _psnr(ref, image_to_tensor(written)) >= FP16_DB
+    assert psnr_db(image_to_tensor(written), ref) >= FP16_DB
 
     with Upscaler(onnx16, device="cpu") as up:
         assert up.spec.scale == 4 and up.backend.precision == "fp16"

@@ -5,7 +5,6 @@ errors. Skipped with a reason where openvino is not installed."""
 from __future__ import annotations
 
 import json
-import math
 import warnings
 
 import numpy as np
@@ -23,16 +22,12 @@ from sr_runtime.cli import build_parser  # noqa: E402
 from sr_runtime.color import image_to_tensor  # noqa: E402
 from sr_runtime.deploy import DeployModel  # noqa: E402
 from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError  # noqa: E402
+from sr_runtime.metrics import psnr_db
 from sr_runtime.upscaler import Upscaler  # noqa: E402
 from sr_runtime.zoo import shipped_path  # noqa: E402
 
 TOLERANCE_DB = {"fp32": 50.0, "bf16": 40.0}
 """Minimum RGB PSNR against torch FP32, per precision."""
-
-
-def rgb_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def export_onnx(ckpt, onnx_path, *, with_spec: bool = True, dynamic: bool = True):
@@ -100,7 +95,7 @@ def test_openvino_matches_torch_fp32_on_a_photo(fsrcnn, torch_ref, photo_crop, s
             "fp32": "<Type: 'float32'>", "bf16": "<Type: 'bfloat16'>"}[precision]
         got = ov.run(photo_crop)
     assert got.dtype == torch.float32 and got.device.type == "cpu"
-    db = rgb_psnr(got, expected)
+    db = psnr_db(got, expected)
     max_levels = (got - expected).abs().max().item() * 255
     record_property(f"openvino_{precision}_vs_torch_fp32_db", round(db, 2))
     print(f"OpenVINO {precision.upper()} vs torch FP32 (shipped FSRCNN x2, 64x64 photo crop): "
@@ -122,7 +117,7 @@ def test_one_compiled_model_runs_two_sizes_and_a_batch(fsrcnn, torch_ref, photo_
             got = ov.run(lr)
             assert ov._compiled is compiled  # no recompile per shape
             assert got.shape == (lr.shape[0], 3, 2 * lr.shape[2], 2 * lr.shape[3])
-            assert rgb_psnr(got, torch_ref(lr)) >= TOLERANCE_DB["fp32"]
+            assert psnr_db(got, torch_ref(lr)) >= TOLERANCE_DB["fp32"]
         # The output is a copy: the next call must not overwrite an earlier result.
         first = ov.run(inputs[0])
         kept = first.clone()
@@ -138,7 +133,7 @@ def test_a_static_shape_model_keeps_its_shape_as_limits(fsrcnn, torch_ref, photo
     with OpenVINOBackend(static) as ov:
         assert ov.limits.static_hw and ov.limits.max_hw == (32, 32) and ov.limits.static_batch
         lr = photo_crop[:, :, :32, :32]
-        assert rgb_psnr(ov.run(lr), torch_ref(lr)) >= TOLERANCE_DB["fp32"]
+        assert psnr_db(ov.run(lr), torch_ref(lr)) >= TOLERANCE_DB["fp32"]
         with pytest.raises(InputError, match="larger than the largest"):
             ov.run(photo_crop[:, :, :32, :40])
 
@@ -160,7 +155,7 @@ def test_ir_round_trip_keeps_the_spec_and_the_output(fsrcnn, torch_ref, photo_cr
         assert model_kind(xml) == "ir"
         with create_backend(xml) as backend:  # backend auto: an .xml runs on OpenVINO
             assert backend.name == "openvino" and backend.spec == ckpt.spec
-            assert rgb_psnr(backend.run(photo_crop), expected) >= TOLERANCE_DB["fp32"]
+            assert psnr_db(backend.run(photo_crop), expected) >= TOLERANCE_DB["fp32"]
 
 
 def test_missing_files_are_input_errors(fsrcnn, tmp_path):
