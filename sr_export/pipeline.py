@@ -26,13 +26,14 @@ from typing import Iterator, Sequence
 
 import torch
 
-from sr_export import tensorrt as trt_export
-from sr_export.fp16 import convert_fp16
 from sr_export.manifest import Manifest, read_manifest, write_manifest
 from sr_runtime.atomic import current_umask, sha256_file
+from sr_runtime.backends.tensorrt_sidecar import import_tensorrt, sidecar_path, tensorrt_available
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ConfigError
+from sr_runtime.export import tensorrt_build
+from sr_runtime.export.fp16 import convert_fp16
 from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, io_description, set_metadata, slim_onnx
 from sr_runtime.export.profile import ShapeProfile, default_profile
 from sr_runtime.export.shapes import export_dynamic
@@ -168,7 +169,7 @@ def _export_name(meta: dict, arch: str, scale: int) -> str:
 
 def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:
     if formats is None:
-        if trt_export.tensorrt_available():
+        if tensorrt_available():
             return FORMATS
         log.warning("engine: skipped, TensorRT is not installed (pip install tensorrt, or the .[trt] extra)")
         return ("onnx",)
@@ -182,7 +183,7 @@ def _resolve_formats(formats: tuple[str, ...] | None) -> tuple[str, ...]:
 
 def _fit_profile(req: ExportRequest, spec, profile: ShapeProfile, onnx_path: Path | None) -> ShapeProfile:
     """Check the element limit; a *default* max shape too large for the model is lowered (and logged)."""
-    return trt_export.fit_profile(spec, profile, onnx_path=onnx_path, keep_max=req.max_shape is not None)
+    return tensorrt_build.fit_profile(spec, profile, onnx_path=onnx_path, keep_max=req.max_shape is not None)
 
 
 def _parity_summary(rows: list[ParityRow]) -> dict:
@@ -347,13 +348,13 @@ def run_export(req: ExportRequest) -> ExportResult:
         assert profile is not None
         precision = "fp16" if req.fp16 else "fp32"
         onnx_path = out_dir / artifacts[precision].name
-        trt_export.import_tensorrt()
+        import_tensorrt()
         profile = _fit_profile(req, spec, profile, onnx_path)
         command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
         engine_name = f"{stem}_fp16.engine" if req.fp16 else f"{stem}.engine"
         with _staging_dir(out_dir, "engine-tmp") as tmp:
             with _timed(timings, "engine_build"):
-                engine_path, record = trt_export.build_engine(
+                engine_path, record = tensorrt_build.build_engine(
                     onnx_path,
                     tmp / engine_name,
                     spec=spec,
@@ -366,12 +367,12 @@ def run_export(req: ExportRequest) -> ExportResult:
                 engine_cases, reference = _engine_cases(profile, cases, reference, deploy)
                 rows = check_parity(
                     f"{engine_name} (TensorRT)",
-                    trt_export.TrtRunner(engine_path),
+                    tensorrt_build.TrtRunner(engine_path),
                     reference,
                     engine_cases,
                     precision=precision,
                 )
-            sidecar = trt_export.sidecar_path(engine_path)
+            sidecar = sidecar_path(engine_path)
             os.replace(engine_path, out_dir / engine_name)
             os.replace(sidecar, out_dir / sidecar.name)
         manifest.parity += rows

@@ -46,6 +46,7 @@ import torch
 
 from sr_runtime.atomic import sha256_file
 from sr_runtime.backends.base import Backend, parse_device
+from sr_runtime.backends.tensorrt_sidecar import tensorrt_status
 from sr_runtime.cache import cache_key, get_or_build, machine_record
 from sr_runtime.checkpoint import Checkpoint
 from sr_runtime.errors import BackendUnavailableError, SRError
@@ -77,7 +78,6 @@ BUILD_OPTIONS = {
     "engine": {"min": "32x32", "opt": "270x480", "max": "1088x1920", "batch": 4, "workspace_gib": 4.0},
 }
 ORT_CUDA_HINT = "needs onnx and onnxruntime-gpu with the CUDA provider (pip install 'sr-runtime[gpu]')"
-TRT_HINT = "TensorRT is not installed (pip install 'sr-runtime[trt]', from NVIDIA's index)"
 
 
 @dataclass(frozen=True)
@@ -126,17 +126,6 @@ def _openvino_bf16() -> tuple[bool, str]:
     return ("BF16" in caps), f"CPU capabilities: {', '.join(caps)}"
 
 
-def _tensorrt_status() -> tuple[bool, str]:
-    """(usable, why): TensorRT imports here (its libraries load), and which version."""
-    if not _have("tensorrt"):
-        return False, TRT_HINT
-    try:
-        import tensorrt as trt
-    except Exception as e:  # noqa: BLE001 - a broken install (missing libnvinfer) raises anything
-        return False, f"tensorrt does not import ({type(e).__name__}: {e})"
-    return True, f"TensorRT {trt.__version__}"
-
-
 def _fp16_onnx_status() -> tuple[bool, str]:
     """(possible, why not): the FP16 ONNX conversion needs onnxconverter-common, and ONNX Runtime
     (CPU) to calibrate which layers stay FP32."""
@@ -172,7 +161,7 @@ def candidates_for(
     if backend == "tensorrt":
         if device.type != "cuda":
             raise BackendUnavailableError(f"TensorRT runs on CUDA GPUs, not on {device}; use --device cuda")
-        ok, why = _tensorrt_status()
+        ok, why = tensorrt_status()
         if not ok:
             raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {why}")
         if not _have("onnx"):
@@ -222,7 +211,7 @@ def candidates_for(
         return found, skipped
     trt_precision = "fp16" if reduced_ok else "fp32"
     trt_name = f"tensorrt-{trt_precision}"
-    trt_ok, trt_why = _tensorrt_status()
+    trt_ok, trt_why = tensorrt_status()
     fp16_ok, fp16_why = _fp16_onnx_status()
     ort_cuda = _ort_cuda()
     if not trt_ok:

@@ -323,7 +323,7 @@ def _tensorrt_from_checkpoint(
     if precision == "bf16":
         raise BackendUnavailableError("TensorRT engines here are fp16 or fp32, not bf16")
     if importlib.util.find_spec("tensorrt") is None:
-        from sr_runtime.export.tensorrt_build import INSTALL_HINT
+        from sr_runtime.backends.tensorrt_sidecar import INSTALL_HINT
 
         raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {INSTALL_HINT}; "
                                       f"available here: {_describe_available()}")

@@ -1,8 +1,8 @@
 """TensorRT engines from the exported ONNX, with a sidecar that says what they were built for.
 
-Used by ``sr-export --format engine`` (re-exported as ``sr_export.tensorrt``) and by the runtime's
-automatic fast path (:mod:`sr_runtime.accel`), which builds an FP16 engine itself where TensorRT is
-installed; it lives here, below both, because ``sr_runtime`` never imports ``sr_export``.
+Used by ``sr-export --format engine`` and by the runtime's automatic fast path
+(:mod:`sr_runtime.fastpath`), which builds an FP16 engine itself where TensorRT is installed; it
+lives here, below both, because ``sr_runtime`` never imports ``sr_export``.
 
 Written against TensorRT's official Python API (10.x and 11.x): a strongly typed network (the
 precision comes from the ONNX file, FP16 or FP32, never from builder flags), one optimization
@@ -10,50 +10,46 @@ profile with explicit min/opt/max shapes, a workspace limit, and a timing cache 
 builds. ``tensorrt`` is imported inside the functions that need it.
 
 An engine runs only where it was built: same TensorRT version and same GPU. Beside every
-``X.engine`` lies ``X.engine.json`` (:class:`EngineRecord`): the cache key, the ONNX sha256, the
-profile, the precision, the TensorRT version, the GPU name and the exact ``sr-export`` command
-that rebuilds it. :func:`check_sidecar` raises :class:`~sr_runtime.errors.EngineMismatchError`
-when any of it does not match the machine at hand. Engines are cached under
-``<cache_dir>/engines/<key>.engine``, where the key hashes all of the above.
+``X.engine`` this module writes ``X.engine.json``, the
+:class:`~sr_runtime.backends.tensorrt_sidecar.EngineRecord` the TensorRT backend checks. Engines
+are cached under ``<cache_dir>/engines/<key>.engine``, where the key hashes all of the record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from sr_runtime.export.profile import ShapeProfile
 from sr_runtime.atomic import atomic_write_bytes, sha256_file
-from sr_runtime.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
+from sr_runtime.backends.tensorrt_sidecar import (
+    EngineRecord,
+    check_sidecar,
+    current_environment,
+    engine_key,
+    import_tensorrt,
+    profile_text,
+    read_sidecar,
+    sidecar_path,
+)
+from sr_runtime.errors import ConfigError, EngineMismatchError, ExportError
+from sr_runtime.export.profile import ShapeProfile
 from sr_runtime.spec import IOSpec, format_hw
 
 __all__ = [
     "TRT_ELEMENT_LIMIT",
-    "INSTALL_HINT",
-    "SIDECAR_VERSION",
-    "tensorrt_available",
-    "import_tensorrt",
     "TensorBound",
     "max_shape_tensors",
     "check_element_limit",
     "fit_profile",
-    "engine_key",
-    "EngineRecord",
-    "sidecar_path",
     "write_sidecar",
-    "read_sidecar",
-    "check_sidecar",
-    "current_environment",
     "default_cache_dir",
     "build_engine",
     "load_engine",
@@ -64,28 +60,6 @@ log = logging.getLogger(__name__)
 
 TRT_ELEMENT_LIMIT = 2**31 - 1
 """TensorRT indexes tensors with 32-bit signed integers: no tensor may hold more elements."""
-
-INSTALL_HINT = (
-    "TensorRT is not installed: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
-    "(or pip install -e '.[trt]'); it needs an NVIDIA GPU and a CUDA build of torch"
-)
-
-SIDECAR_VERSION = 1
-
-
-def tensorrt_available() -> bool:
-    """Whether ``import tensorrt`` would find the package (does not import it)."""
-    return importlib.util.find_spec("tensorrt") is not None
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module; raises BackendUnavailableError with the install command otherwise."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(INSTALL_HINT) from e
-    return trt
-
 
 # --- element limit -------------------------------------------------------------------------------
 
@@ -211,67 +185,7 @@ def fit_profile(spec: IOSpec, profile: ShapeProfile, *, onnx_path: str | Path | 
     return profile
 
 
-# --- cache key and sidecar -------------------------------------------------------------------------
-
-
-def engine_key(*, onnx_sha256: str, profile: ShapeProfile, precision: str, tensorrt_version: str, gpu_name: str) -> str:
-    """Cache key of an engine: a hash of everything that makes an engine valid (24 hex digits)."""
-    payload = json.dumps(
-        {
-            "onnx_sha256": onnx_sha256,
-            "profile": profile.to_dict(),
-            "precision": precision,
-            "tensorrt_version": tensorrt_version,
-            "gpu_name": gpu_name,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-@dataclass
-class EngineRecord:
-    """The sidecar JSON of an engine: what it was built from, for and with."""
-
-    key: str
-    onnx_sha256: str
-    onnx_file: str
-    profile: dict[str, Any]
-    precision: str
-    tensorrt_version: str
-    gpu_name: str
-    command: str
-    """The sr-export command line that rebuilds this engine."""
-    io_spec: dict[str, Any] = field(default_factory=dict)
-    input_name: str = "lr"
-    output_name: str = "sr"
-    workspace_gib: float | None = None
-    engine_sha256: str | None = None
-    compute_capability: str | None = None
-    sidecar_version: int = SIDECAR_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineRecord:
-        known = set(cls.__dataclass_fields__)
-        missing = [
-            k for k in ("key", "onnx_sha256", "profile", "precision", "tensorrt_version", "gpu_name") if k not in data
-        ]
-        if missing:
-            raise EngineMismatchError(f"engine sidecar lacks {missing}; rebuild the engine with sr-export")
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @property
-    def shape_profile(self) -> ShapeProfile:
-        return ShapeProfile.from_dict(self.profile)
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
+# --- build and load -------------------------------------------------------------------------------
 
 
 def write_sidecar(engine_path: str | Path, record: EngineRecord) -> Path:
@@ -279,92 +193,6 @@ def write_sidecar(engine_path: str | Path, record: EngineRecord) -> Path:
     path = sidecar_path(engine_path)
     atomic_write_bytes(path, (json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return path
-
-
-def read_sidecar(engine_path: str | Path) -> EngineRecord:
-    """The record beside ``engine_path``; raises EngineMismatchError when missing or unreadable."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise EngineMismatchError(
-            f"{engine_path}: no sidecar {path.name} beside the engine, so it cannot be checked against this "
-            f"machine; rebuild it with sr-export --format engine"
-        )
-    try:
-        return EngineRecord.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ConfigError) as e:
-        raise EngineMismatchError(f"{path}: unreadable engine sidecar ({e}); rebuild the engine with sr-export") from e
-
-
-def check_sidecar(
-    record: EngineRecord,
-    *,
-    tensorrt_version: str,
-    gpu_name: str,
-    onnx_sha256: str | None = None,
-    profile: ShapeProfile | None = None,
-    precision: str | None = None,
-    engine_path: str | Path | None = None,
-) -> None:
-    """Raise EngineMismatchError unless ``record`` fits this TensorRT and GPU (and ONNX, profile, precision if given).
-
-    The message lists each mismatch and the exact command that rebuilds the engine here.
-    """
-    expected: dict[str, Any] = {"TensorRT version": tensorrt_version, "GPU": gpu_name}
-    recorded: dict[str, Any] = {"TensorRT version": record.tensorrt_version, "GPU": record.gpu_name}
-    if onnx_sha256 is not None:
-        expected["ONNX sha256"], recorded["ONNX sha256"] = onnx_sha256, record.onnx_sha256
-    if precision is not None:
-        expected["precision"], recorded["precision"] = precision, record.precision
-    if profile is not None:
-        expected["profile"], recorded["profile"] = _profile_text(profile.to_dict()), _profile_text(record.profile)
-    mismatches = [f"{k} {recorded[k]!r} (here: {expected[k]!r})" for k in expected if recorded[k] != expected[k]]
-    key_fields = dict(onnx_sha256=record.onnx_sha256, precision=record.precision)
-    if not mismatches:
-        try:
-            recomputed = engine_key(
-                profile=record.shape_profile, tensorrt_version=tensorrt_version, gpu_name=gpu_name, **key_fields
-            )
-        except ConfigError as e:
-            raise EngineMismatchError(
-                f"engine sidecar has a malformed profile ({e}); rebuild with: {record.command}"
-            ) from e
-        if recomputed != record.key:
-            mismatches.append(f"cache key {record.key} (here: {recomputed})")
-    if mismatches:
-        what = f"{engine_path}: " if engine_path else ""
-        raise EngineMismatchError(
-            f"{what}engine was built for {'; '.join(mismatches)}. TensorRT engines only run where they were built; "
-            f"rebuild it on this machine with: {record.command}"
-        )
-
-
-def _profile_text(profile: dict[str, Any]) -> str:
-    batch = profile.get("batch", {})
-    return (
-        f"min {profile.get('min')} opt {profile.get('opt')} max {profile.get('max')} "
-        f"batch {batch.get('min', 1)}/{batch.get('opt', 1)}/{batch.get('max', 1)}"
-    )
-
-
-def current_environment() -> dict[str, str]:
-    """``{"tensorrt_version", "gpu_name", "compute_capability"}`` of this machine.
-
-    Raises BackendUnavailableError without TensorRT or a CUDA GPU.
-    """
-    trt = import_tensorrt()
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            "TensorRT needs a CUDA GPU and a CUDA build of torch; none is available here "
-            "(torch.cuda.is_available() is False). Build the engine on the machine that will run it"
-        )
-    major, minor = torch.cuda.get_device_capability()
-    return {
-        "tensorrt_version": str(trt.__version__),
-        "gpu_name": torch.cuda.get_device_name(),
-        "compute_capability": f"{major}.{minor}",
-    }
 
 
 def default_cache_dir() -> Path:
@@ -375,9 +203,6 @@ def default_cache_dir() -> Path:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
-
-
-# --- build and load -------------------------------------------------------------------------------
 
 
 def _onnx_precision(onnx_path: Path) -> str:
@@ -458,7 +283,7 @@ def _read_cached(cached: Path, record: EngineRecord) -> bytes | None:
             read_sidecar(cached),
             onnx_sha256=record.onnx_sha256,
             precision=record.precision,
-            profile=record.shape_profile,
+            profile=record.profile,
             tensorrt_version=record.tensorrt_version,
             gpu_name=record.gpu_name,
         )
@@ -509,7 +334,7 @@ def _build_serialized(
         "engine: building %s (%s, profile %s, workspace %g GiB)",
         onnx_path.name,
         precision,
-        _profile_text(profile.to_dict()),
+        profile_text(profile.to_dict()),
         workspace_gib,
     )
     serialized = builder.build_serialized_network(network, config)

@@ -12,15 +12,15 @@ import torch
 from skimage import data
 
 from sr_export import cli, pipeline
-from sr_export import tensorrt as trt_export
 from sr_runtime.atomic import sha256_file
+from sr_runtime.backends.tensorrt_sidecar import tensorrt_available
 from sr_runtime.export.onnx import read_metadata
 from sr_runtime.export.verify import TOLERANCES, Tolerance
 from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.deploy import DeployModel
 
-needs_no_tensorrt = pytest.mark.skipif(trt_export.tensorrt_available(), reason="TensorRT is installed here")
+needs_no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 
 
 def _checkpoint(path: Path, arch: str, scale: int, **hparams) -> Path:

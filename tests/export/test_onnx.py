@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from sr_export.fp16 import convert_fp16
+from sr_runtime.export.fp16 import convert_fp16
 from sr_runtime.export.onnx import (
     INPUT_AXES,
     OUTPUT_AXES,

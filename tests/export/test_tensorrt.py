@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from sr_export import tensorrt as trt_export
+from sr_runtime.backends import tensorrt_sidecar as sidecar
+from sr_runtime.export import tensorrt_build as trt_export
 from sr_runtime.export.onnx import export_onnx
 from sr_runtime.export.profile import ShapeProfile, default_profile
 from sr_runtime.spec import parse_hw
@@ -87,8 +88,8 @@ def test_engine_key_is_stable_and_changes_with_every_field():
     base = dict(
         onnx_sha256="a" * 64, profile=_profile(), precision="fp16", tensorrt_version="10.9.0", gpu_name="NVIDIA H100"
     )
-    key = trt_export.engine_key(**base)
-    assert key == trt_export.engine_key(**base) and len(key) == 24
+    key = sidecar.engine_key(**base)
+    assert key == sidecar.engine_key(**base) and len(key) == 24
     variants = [
         {"onnx_sha256": "b" * 64},
         {"profile": _profile(max_hw=(544, 960))},
@@ -96,15 +97,15 @@ def test_engine_key_is_stable_and_changes_with_every_field():
         {"tensorrt_version": "11.0.0"},
         {"gpu_name": "NVIDIA L4"},
     ]
-    assert len({trt_export.engine_key(**{**base, **v}) for v in variants} | {key}) == len(variants) + 1
+    assert len({sidecar.engine_key(**{**base, **v}) for v in variants} | {key}) == len(variants) + 1
 
 
-def _record(**overrides) -> trt_export.EngineRecord:
+def _record(**overrides) -> sidecar.EngineRecord:
     profile = _profile()
     fields = dict(onnx_sha256="a" * 64, precision="fp16", tensorrt_version="10.9.0", gpu_name="NVIDIA H100")
     fields.update(overrides)
-    key = trt_export.engine_key(profile=profile, **fields)
-    return trt_export.EngineRecord(
+    key = sidecar.engine_key(profile=profile, **fields)
+    return sidecar.EngineRecord(
         key=key,
         onnx_file="edsr_x4_fp16.onnx",
         profile=profile.to_dict(),
@@ -121,13 +122,13 @@ def test_sidecar_round_trips(tmp_path):
     path = trt_export.write_sidecar(engine, record)
     assert path.name == "edsr_x4_fp16.engine.json"
     assert json.loads(path.read_text())["gpu_name"] == "NVIDIA H100"
-    loaded = trt_export.read_sidecar(engine)
+    loaded = sidecar.read_sidecar(engine)
     assert loaded == record
-    assert loaded.shape_profile == _profile()
+    assert ShapeProfile.from_dict(loaded.profile) == _profile()
 
 
 def test_check_sidecar_accepts_the_machine_it_was_built_on():
-    trt_export.check_sidecar(
+    sidecar.check_sidecar(
         _record(), tensorrt_version="10.9.0", gpu_name="NVIDIA H100", onnx_sha256="a" * 64, precision="fp16",
         profile=_profile(),
     )
@@ -146,7 +147,7 @@ def test_check_sidecar_accepts_the_machine_it_was_built_on():
 def test_check_sidecar_mismatch_says_what_differs_and_how_to_rebuild(here, what):
     args = {"tensorrt_version": "10.9.0", "gpu_name": "NVIDIA H100", **here}
     with pytest.raises(EngineMismatchError) as info:
-        trt_export.check_sidecar(_record(), **args)
+        sidecar.check_sidecar(_record(), **args)
     message = str(info.value)
     assert what in message
     assert "rebuild it on this machine with: sr-export --model /ckpt/edsr.safetensors" in message
@@ -156,22 +157,22 @@ def test_check_sidecar_detects_a_tampered_key():
     record = _record()
     record.key = "0" * 24
     with pytest.raises(EngineMismatchError, match="cache key"):
-        trt_export.check_sidecar(record, tensorrt_version="10.9.0", gpu_name="NVIDIA H100")
+        sidecar.check_sidecar(record, tensorrt_version="10.9.0", gpu_name="NVIDIA H100")
 
 
 def test_read_sidecar_missing_or_broken_raises_mismatch(tmp_path):
     engine = tmp_path / "m.engine"
     with pytest.raises(EngineMismatchError, match="no sidecar"):
-        trt_export.read_sidecar(engine)
-    trt_export.sidecar_path(engine).write_text("{not json")
+        sidecar.read_sidecar(engine)
+    sidecar.sidecar_path(engine).write_text("{not json")
     with pytest.raises(EngineMismatchError, match="unreadable"):
-        trt_export.read_sidecar(engine)
-    trt_export.sidecar_path(engine).write_text(json.dumps({"key": "k"}))
+        sidecar.read_sidecar(engine)
+    sidecar.sidecar_path(engine).write_text(json.dumps({"key": "k"}))
     with pytest.raises(EngineMismatchError, match="lacks"):
-        trt_export.read_sidecar(engine)
+        sidecar.read_sidecar(engine)
 
 
-@pytest.mark.skipif(trt_export.tensorrt_available(), reason="TensorRT is installed here")
+@pytest.mark.skipif(sidecar.tensorrt_available(), reason="TensorRT is installed here")
 def test_without_tensorrt_building_fails_with_the_install_command(wide_onnx, tmp_path):
     with pytest.raises(BackendUnavailableError, match=r"pip install tensorrt --extra-index-url https://pypi.nvidia.com"):
         trt_export.build_engine(
@@ -193,7 +194,7 @@ def test_build_engine_writes_engine_and_sidecar_and_reuses_the_cache(tmp_path):
     engine, record = trt_export.build_engine(
         onnx_path, tmp_path / "wide.engine", spec=spec, profile=profile, command="sr-export ...", cache_dir=cache
     )
-    assert engine.is_file() and trt_export.read_sidecar(engine) == record
+    assert engine.is_file() and sidecar.read_sidecar(engine) == record
     assert record.precision == "fp32" and list(cache.glob("timing-*.cache"))
     cases = parity_cases([(37, 53), (64, 96)], batch=2)
     with torch.no_grad():

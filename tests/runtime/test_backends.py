@@ -209,8 +209,9 @@ def test_onnx_without_metadata_is_probed_and_a_scale_is_checked(tmp_path, fsrcnn
 
 
 def _sidecar(engine, **overrides):
+    from sr_runtime.backends.tensorrt_sidecar import engine_key
+
     record = {
-        "key": "k",
         "onnx_sha256": "0" * 64,
         "onnx_file": "model.onnx",
         "profile": {"min": "16x16", "opt": "64x64", "max": "128x128", "batch": {"min": 1, "opt": 1, "max": 4}},
@@ -221,19 +222,22 @@ def _sidecar(engine, **overrides):
         "io_spec": IOSpec(scale=2).to_dict(),
         "engine_sha256": hashlib.sha256(engine.read_bytes()).hexdigest(),
     }
+    record["key"] = engine_key(**{k: record[k] for k in ("onnx_sha256", "profile", "precision", "tensorrt_version",
+                                                          "gpu_name")})
     record.update(overrides)
     engine.with_name(engine.name + ".json").write_text(json.dumps(record))
     return record
 
 
 def test_sidecar_check_accepts_the_machine_it_was_built_for(tmp_path):
-    from sr_runtime.backends.tensorrt import _limits, check_sidecar, read_sidecar
+    from sr_runtime.backends.tensorrt import _limits
+    from sr_runtime.backends.tensorrt_sidecar import check_sidecar, read_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine-bytes")
     _sidecar(engine)
     record = read_sidecar(engine)
-    check_sidecar(engine, record, tensorrt_version="10.9.0", gpu_name="NVIDIA H100", precision="fp16")
+    check_sidecar(record, tensorrt_version="10.9.0", gpu_name="NVIDIA H100", precision="fp16", engine_path=engine)
     limits = _limits(record)
     assert limits.min_hw == (16, 16) and limits.max_hw == (128, 128) and limits.max_batch == 4
 
@@ -241,36 +245,36 @@ def test_sidecar_check_accepts_the_machine_it_was_built_for(tmp_path):
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"tensorrt_version": "8.6.1"}, "TensorRT 8.6.1"),
+        ({"tensorrt_version": "8.6.1"}, "TensorRT version '8.6.1'"),
         ({"gpu_name": "NVIDIA A10"}, "GPU 'NVIDIA A10'"),
         ({"engine_sha256": "f" * 64}, "replaced"),
     ],
 )
 def test_sidecar_mismatch_raises_with_the_rebuild_command(tmp_path, change, match):
-    from sr_runtime.backends.tensorrt import check_sidecar, read_sidecar
+    from sr_runtime.backends.tensorrt_sidecar import check_sidecar, read_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine-bytes")
     _sidecar(engine, **change)
     with pytest.raises(EngineMismatchError, match=match) as info:
-        check_sidecar(engine, read_sidecar(engine), tensorrt_version="10.9.0", gpu_name="NVIDIA H100")
+        check_sidecar(read_sidecar(engine), tensorrt_version="10.9.0", gpu_name="NVIDIA H100", engine_path=engine)
     assert "sr-export --model edsr" in str(info.value)
 
 
 def test_sidecar_precision_and_onnx_changes_are_mismatches(tmp_path):
-    from sr_runtime.backends.tensorrt import check_sidecar, read_sidecar
+    from sr_runtime.backends.tensorrt_sidecar import check_sidecar, read_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine-bytes")
     (tmp_path / "model.onnx").write_bytes(b"changed onnx")
     _sidecar(engine)
-    with pytest.raises(EngineMismatchError, match="precision fp16 \\(fp32 was asked for\\).*model.onnx"):
-        check_sidecar(engine, read_sidecar(engine), tensorrt_version="10.9.0", gpu_name="NVIDIA H100",
-                      precision="fp32")
+    with pytest.raises(EngineMismatchError, match="precision 'fp16' \\(here: 'fp32'\\).*model.onnx"):
+        check_sidecar(read_sidecar(engine), tensorrt_version="10.9.0", gpu_name="NVIDIA H100", precision="fp32",
+                      engine_path=engine)
 
 
 def test_missing_or_broken_sidecar_is_a_mismatch(tmp_path):
-    from sr_runtime.backends.tensorrt import read_sidecar
+    from sr_runtime.backends.tensorrt_sidecar import read_sidecar
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
@@ -319,8 +323,8 @@ def test_onnxruntime_cuda_iobinding_matches_torch(fsrcnn_files, photo_crop, sign
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_tensorrt_engine_matches_torch(tmp_path, fsrcnn_files, photo_crop):
-    from sr_export.profile import ShapeProfile
-    from sr_export.tensorrt import build_engine
+    from sr_runtime.export.profile import ShapeProfile
+    from sr_runtime.export.tensorrt_build import build_engine
 
     ckpt = load_checkpoint(fsrcnn_files[0])
     engine, _ = build_engine(
