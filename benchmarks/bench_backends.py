@@ -260,42 +260,32 @@ def _skip(stage: str, mut: ModelUnderTest, backend: str | None, precision: str |
 
 def open_backend(mut: ModelUnderTest, form: Form, artifacts: Artifacts, *, threads: int | None = None):
     """Create the runtime backend for ``form``; raises BackendUnavailableError when it cannot run here."""
-    device = form.device
+    from sr_runtime.backends import open_artifact
+    from sr_runtime.options import RuntimeOptions
+
     if form.backend == "default":
         # The runtime's default path: the fastest parity-checked form for this machine, built and
-        # cached by sr_runtime.accel (as sr-run and Upscaler do with backend="auto").
-        from sr_runtime.accel import accelerated_backend
+        # cached by sr_runtime.fastpath (as sr-run and Upscaler do with backend="auto").
         from sr_runtime.checkpoint import load_checkpoint
+        from sr_runtime.fastpath import accelerated_backend
 
         ckpt = load_checkpoint(mut.checkpoint)
-        return accelerated_backend(mut.checkpoint, ckpt, device=device, precision=None, source=mut.source)
+        return accelerated_backend(mut.checkpoint, ckpt, RuntimeOptions(device=form.device), source=mut.source)
+    if form.backend not in ("torch", "onnxruntime", "tensorrt"):
+        raise BackendUnavailableError(f"unknown backend {form.backend!r}; valid: torch, onnxruntime, tensorrt")
     if form.backend == "torch":
-        from sr_runtime.backends.torch import TorchBackend
-
-        return TorchBackend(
-            copy.deepcopy(mut.net), spec=mut.spec, device=device, precision=form.precision, source=mut.source
-        )
+        options = RuntimeOptions(backend="torch", device=form.device, precision=form.precision)
+        return open_artifact(copy.deepcopy(mut.net), options, spec=mut.spec, source=mut.source)
     path = artifacts.files.get((form.backend, form.precision))
     if path is None:
         raise BackendUnavailableError(f"no {form.backend} {form.precision} artifact was exported (see skipped)")
     if form.backend == "onnxruntime":
-        from sr_runtime.backends.onnxruntime import OnnxRuntimeBackend
-
         # sr-export's FP16 ONNX keeps FP32 input/output (FP16 weights and compute inside), which the
         # backend takes as an FP32-I/O model: let it read the precision from the file.
-        return OnnxRuntimeBackend(
-            path,
-            provider="cpu" if device == "cpu" else "cuda",
-            device=device,
-            precision=None,
-            scale=mut.scale,
-            threads=threads,
-        )
-    if form.backend == "tensorrt":
-        from sr_runtime.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(path, device=device, precision=form.precision)
-    raise BackendUnavailableError(f"unknown backend {form.backend!r}; valid: torch, onnxruntime, tensorrt")
+        provider = "cpu" if form.device == "cpu" else "cuda"
+        options = RuntimeOptions(backend="onnxruntime", device=form.device, provider=provider)
+        return open_artifact(path, options, scale=mut.scale, threads=threads)
+    return open_artifact(path, RuntimeOptions(backend="tensorrt", device=form.device, precision=form.precision))
 
 
 def parity_inputs(spec: IOSpec, size: tuple[int, int], images: int) -> list[tuple[str, np.ndarray]]:

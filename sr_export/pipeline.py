@@ -77,7 +77,8 @@ class ExportRequest:
     workspace_gib: float = 4.0
     runs_dir: Path = Path("runs")
     cache_dir: Path | None = None
-    """TensorRT timing cache and engine cache; default ~/.cache/sr-export."""
+    """TensorRT timing cache and engine cache; default ``tensorrt/`` under the runtime's cache root
+    (:func:`sr_runtime.options.cache_root`)."""
     slim: bool = True
     parity_dir: Path | None = field(default_factory=_default_parity_dir)
     """Extra parity images (PNG folder, e.g. Set5); scikit-image samples are always used."""

@@ -20,11 +20,13 @@ from sr_runtime.errors import (
     UnsupportedScaleError,
     VideoError,
 )
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.spec import IOSpec
 from sr_runtime.upscaler import Upscaler
 
 __all__ = [
     "Upscaler",
+    "RuntimeOptions",
     "ARCHS",
     "build",
     "list_archs",

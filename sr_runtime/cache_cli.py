@@ -1,11 +1,12 @@
-"""``sr-cache``: list or clear the cache of built fast forms (see :mod:`sr_runtime.cache`)."""
+"""``sr-cache``: list or clear the cache of built fast forms (see :mod:`sr_runtime.fastpath.cache`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from sr_runtime.cache import cache_root, clear, list_entries
+from sr_runtime.fastpath.cache import clear, list_entries
+from sr_runtime.options import cache_root
 
 PROG = "sr-cache"
 

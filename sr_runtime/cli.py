@@ -18,11 +18,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from sr_runtime.errors import InputError, SRError
+from sr_runtime.options import RuntimeOptions
 
 __all__ = ["main", "build_parser"]
 
@@ -112,24 +114,19 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
 
 
+def _runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    return RuntimeOptions(backend=args.backend, device=args.device, precision=args.precision, provider=args.provider,
+                          compile=args.compile, cuda_graphs=args.cuda_graphs, cache_dir=args.cache_dir,
+                          use_cache=not args.no_cache)
+
+
 def _upscaler_kwargs(args: argparse.Namespace) -> dict:
+    """Upscaler's arguments for this run: the model, the tiling, and the runtime options as keywords
+    (the process and Ray runners build one Upscaler per worker from them, each with its device)."""
     if args.model is None and args.scale is None:
         raise InputError("give --scale (the best shipped model for it is used) or --model")
-    return {
-        "model": args.model,
-        "scale": args.scale,
-        "backend": args.backend,
-        "device": args.device,
-        "precision": args.precision,
-        "provider": args.provider,
-        "cache_dir": args.cache_dir,
-        "use_cache": not args.no_cache,
-        "tile": args.tile,
-        "tile_overlap": args.tile_overlap,
-        "batch": args.batch,
-        "compile": args.compile,
-        "cuda_graphs": args.cuda_graphs,
-    }
+    tiling = {"tile": args.tile, "tile_overlap": args.tile_overlap, "batch": args.batch}
+    return {"model": args.model, "scale": args.scale, **tiling, **dataclasses.asdict(_runtime_options(args))}
 
 
 def _make_upscaler(args: argparse.Namespace):

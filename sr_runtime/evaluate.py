@@ -206,7 +206,7 @@ def load_model(
     into ``(callable RGB -> RGB on device, description, checkpoint path)``.
 
     ``backend="torch"``: the DeployModel in PyTorch at FP32 (the reference). ``backend="auto"``: the
-    runtime's default path, the form ``sr-run`` uses (:mod:`sr_runtime.accel`), so its quality can
+    runtime's default path, the form ``sr-run`` uses (:mod:`sr_runtime.fastpath`), so its quality can
     be compared with the reference. Raises InputError / CheckpointError / UnsupportedArchError /
     UnsupportedScaleError / BackendUnavailableError.
     """
@@ -217,9 +217,10 @@ def load_model(
     device = _device(device)
     path, how = resolve_checkpoint(model, scale, runs_dir=runs_dir)
     if backend != "torch" or precision not in (None, "fp32"):
-        from sr_runtime.backends import create_backend
+        from sr_runtime.fastpath import load_backend
+        from sr_runtime.options import RuntimeOptions
 
-        runner = create_backend(path, scale=scale, backend=backend, device=str(device), precision=precision)
+        runner = load_backend(path, RuntimeOptions(backend=backend, device=str(device), precision=precision), scale=scale)
         log.info("evaluating %s", runner.describe())
 
         def run(lr: torch.Tensor) -> torch.Tensor:

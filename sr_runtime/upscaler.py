@@ -22,14 +22,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from sr_runtime.backends import create_backend
 from sr_runtime.backends.base import Backend
 from sr_runtime.errors import InputError
+from sr_runtime.fastpath import load_backend
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.tiling import (
     ProgressFn,
     balanced_tile,
@@ -108,27 +109,29 @@ class Upscaler:
 
     Args:
         model: a shipped/trained model name (``"fsrcnn"``, ``"edsr"``...), a checkpoint
-            (``.safetensors``), an ONNX file (``.onnx``) or a TensorRT engine (``.engine``);
-            None for the best shipped model for ``scale`` (:func:`sr_runtime.zoo.default_model`).
+            (``.safetensors``), an ONNX file (``.onnx``), an OpenVINO IR (``.xml``) or a TensorRT
+            engine (``.engine``); None for the best shipped model for ``scale``
+            (:func:`sr_runtime.zoo.default_model`).
         scale: the upscaling factor; required with a model name, checked against files.
-        backend: ``"auto"``, ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (see
-            :mod:`sr_runtime.backends` for what runs where).
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None picks the fastest available.
-        precision: ``"fp32"`` or ``"fp16"``; None for the artifact's own (FP32 for checkpoints).
-        provider: ONNX Runtime provider (``"cpu"``, ``"cuda"``, ``"tensorrt"``) for ``.onnx`` models.
+        options: how to run it (:class:`~sr_runtime.options.RuntimeOptions`: backend, device,
+            precision, provider, compile, cuda_graphs, channels_last, runs_dir, cache_dir,
+            use_cache). With ``backend="auto"`` (the default) a checkpoint runs in the fastest form
+            that passes the parity gate on this machine, built once and cached
+            (:mod:`sr_runtime.fastpath`); ``backend="torch"`` runs PyTorch eagerly.
+        **runtime: the same fields as keywords, as a shorthand for ``options``
+            (``Upscaler("fsrcnn", scale=2, backend="torch", device="cpu")``); an unknown name is an
+            InputError naming the closest field. Give ``options`` or keywords, not both.
         tile: tile side in input pixels; None chooses from free memory (the whole image when it
             fits, else equal tiles as large as the budget allows); 0 turns tiling off.
         tile_overlap: context pixels around each tile; None for the model's receptive radius
             (:func:`sr_runtime.tiling.default_overlap`), which makes tiled equal whole-image output.
         batch: tiles (or video frames) per backend call; None: 4 on CUDA, 1 on CPU.
-        compile, cuda_graphs, channels_last: torch backend options.
-        runs_dir: where model names look for trained checkpoints before shipped weights.
-        cache_dir, use_cache: where the fast form of a checkpoint is cached (default
-            ``$SR_RUNTIME_CACHE`` or ``~/.cache/sr_runtime``), or build it per process. With
-            ``backend="auto"`` a checkpoint runs in the fastest form that passes the parity gate
-            on this machine (:mod:`sr_runtime.accel`); ``backend="torch"`` runs PyTorch eagerly.
         memory_budget: bytes of working memory the automatic tile plans for; None: a quarter of the
             available RAM on CPU, half the free device memory on CUDA.
+
+    The runtime options are one dataclass rather than a dozen keyword parameters so that the
+    command line, the Upscaler and the backend factory share one definition of them; the keywords
+    stay accepted because they are the shortest way to write a one-off choice.
 
     Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError. Use as a
     context manager or call :meth:`close` to free device memory.
@@ -139,20 +142,12 @@ class Upscaler:
         model: str | os.PathLike | None = None,
         *,
         scale: int | None = None,
-        backend: str = "auto",
-        device: str | None = None,
-        precision: str | None = None,
-        provider: str | None = None,
+        options: RuntimeOptions | None = None,
         tile: int | None = None,
         tile_overlap: int | None = None,
         batch: int | None = None,
-        compile: bool = False,
-        cuda_graphs: bool = False,
-        channels_last: bool | None = None,
-        runs_dir: str | os.PathLike = "runs",
-        cache_dir: str | os.PathLike | None = None,
-        use_cache: bool = True,
         memory_budget: int | None = None,
+        **runtime: Any,
     ) -> None:
         if model is None:
             if scale is None:
@@ -168,21 +163,11 @@ class Upscaler:
             raise InputError(f"batch must be >= 1, got {batch}")
         if memory_budget is not None and memory_budget < 1:
             raise InputError(f"memory budget must be a positive number of bytes, got {memory_budget}")
+        if options is not None and runtime:
+            raise InputError(f"give options= or the keywords {', '.join(sorted(runtime))}, not both")
+        self.options = options if options is not None else RuntimeOptions.from_keywords(runtime)
         self.memory_budget = memory_budget
-        self.backend: Backend = create_backend(
-            model,
-            scale=scale,
-            backend=backend,
-            device=device,
-            precision=precision,
-            provider=provider,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-            channels_last=channels_last,
-            runs_dir=runs_dir,
-            cache_dir=cache_dir,
-            use_cache=use_cache,
-        )
+        self.backend: Backend = load_backend(model, self.options, scale=scale)
         self.spec = self.backend.spec
         self.scale = self.spec.scale
         self.device = self.backend.device

@@ -27,10 +27,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _runtime_environment(monkeypatch, tmp_path_factory):
     """No test writes the user's cache. The automatic fast path (export, parity gate, probe: seconds
-    per checkpoint) is off except in the tests of it (tests/runtime/test_accel.py), which turn it on;
+    per checkpoint) is off except in the tests of it (tests/runtime/test_fastpath*.py), which turn it on;
     every other test runs its checkpoints on eager torch, as ``backend="torch"`` does."""
     monkeypatch.setenv("SR_RUNTIME_CACHE", str(tmp_path_factory.getbasetemp() / "sr_runtime_cache"))
     monkeypatch.setenv("SR_RUNTIME_ACCEL", "0")
+
+
+@pytest.fixture
+def fast(monkeypatch, tmp_path):
+    """The fast path on (tests/runtime/test_fastpath*.py), with an empty cache of its own."""
+    monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SR_RUNTIME_CACHE", str(root))
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,9 @@
-"""Inference backends behind one interface (:class:`~sr_runtime.backends.base.Backend`), and the
-one place that decides which backend runs a given model file.
+"""Inference backends behind one interface (:class:`~sr_runtime.backends.base.Backend`): the one
+place that decides which backend runs a given model file, and the one that opens it.
+
+The backends open artifacts they are given and run them; they build nothing. Which form of a
+checkpoint is fastest, and building it (ONNX, FP16, TensorRT engines), is the fast path's job
+(:mod:`sr_runtime.fastpath`), which hands its artifacts to :func:`open_artifact`.
 
 What runs where (decided by what the user passes, never by silently switching):
 
@@ -13,11 +17,9 @@ What runs where (decided by what the user passes, never by silently switching):
 
 ``backend="auto"`` picks the backend implied by the file and the fastest device available for it
 (TensorRT engine > ONNX Runtime CUDA > torch CUDA > ONNX Runtime CPU > torch CPU, among those
-that can run what was given) and logs the choice; a checkpoint with ``backend="auto"`` runs in
-its fastest parity-checked form, built once and cached (:mod:`sr_runtime.accel`), and with
-``backend="tensorrt"`` as a TensorRT engine that path builds. An explicit backend, device,
-provider or precision that cannot be honoured raises BackendUnavailableError listing what is
-available; the runtime never falls back to CPU, FP32 or another backend on its own.
+that can run what was given) and logs the choice. An explicit backend, device, provider or
+precision that cannot be honoured raises BackendUnavailableError listing what is available; the
+runtime never falls back to CPU, FP32 or another backend on its own.
 
 ``onnxruntime``, ``tensorrt`` and ``openvino`` are imported only inside their backend modules.
 """
@@ -29,11 +31,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # No `import torch` here: importing the submodule sr_runtime.backends.torch binds the name `torch`
 # in this package's namespace, which would shadow the library. base.py does the torch queries.
-from sr_runtime.backends.base import PRECISIONS, Backend, ShapeLimits, parse_device, torch_devices
+from sr_runtime.backends.base import Backend, ShapeLimits, parse_device, torch_devices
+from sr_runtime.backends.tensorrt_sidecar import tensorrt_available
 from sr_runtime.errors import BackendUnavailableError, UnsupportedScaleError
+from sr_runtime.options import BACKENDS, ORT_TENSORRT_DIR, RuntimeOptions, cache_root
+from sr_runtime.spec import IOSpec
+
+if TYPE_CHECKING:
+    from sr_runtime.checkpoint import Checkpoint
 
 __all__ = [
     "BACKENDS",
@@ -42,14 +51,24 @@ __all__ = [
     "ShapeLimits",
     "available_backends",
     "create_backend",
+    "describe_available",
     "model_kind",
+    "open_artifact",
+    "open_checkpoint",
     "select_backend",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_RUNS_ON = {"engine": "tensorrt", "onnx": "onnxruntime", "ir": "openvino", "checkpoint": "torch"}
+_WHAT = {"engine": "a TensorRT engine", "onnx": "an ONNX file", "ir": "an OpenVINO IR", "checkpoint": "a checkpoint or model name"}
+_HOW = {
+    "onnxruntime": "export an ONNX file with `sr-export` and pass it as --model model.onnx",
+    "tensorrt": "build an engine with `sr-export --format engine` and pass it as --model model.engine",
+    "torch": "pass a checkpoint (.safetensors) or a model name as --model",
+    "openvino": "export an ONNX file with `sr-export` and pass it (or an OpenVINO IR .xml) as --model",
+}
 
 
 def _ort_providers() -> list[str]:
@@ -77,16 +96,16 @@ def available_backends() -> dict[str, list[str]]:
     """
     devices = torch_devices()
     gpus = [d for d in devices if d != "cpu"]
-    has_trt = importlib.util.find_spec("tensorrt") is not None
     return {
         "torch": devices,
         "onnxruntime": _ort_providers(),
-        "tensorrt": gpus if has_trt else [],
+        "tensorrt": gpus if tensorrt_available() else [],
         "openvino": _ov_devices(),
     }
 
 
-def _describe_available() -> str:
+def describe_available() -> str:
+    """:func:`available_backends` in one line, for error messages."""
     return "; ".join(f"{name}: {', '.join(v) if v else 'not available'}" for name, v in available_backends().items())
 
 
@@ -120,69 +139,72 @@ def select_backend(
 
     Raises BackendUnavailableError when the choices cannot be honoured, listing what is available.
     """
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    runs_on = {"engine": "tensorrt", "onnx": "onnxruntime", "ir": "openvino", "checkpoint": "torch"}[kind]
-    if backend == "openvino" and kind == "onnx":
-        runs_on = "openvino"
-    if backend not in ("auto", runs_on):
-        hints = {
-            "onnxruntime": "export an ONNX file with `sr-export` and pass it as --model model.onnx",
-            "tensorrt": "build an engine with `sr-export --format engine` and pass it as --model model.engine",
-            "torch": "pass a checkpoint (.safetensors) or a model name as --model",
-            "openvino": "export an ONNX file with `sr-export` and pass it (or an OpenVINO IR .xml) as --model",
-        }
-        what = {
-            "engine": "a TensorRT engine",
-            "onnx": "an ONNX file",
-            "ir": "an OpenVINO IR",
-            "checkpoint": "a checkpoint or model name",
-        }[kind]
-        raise BackendUnavailableError(
-            f"the {backend} backend cannot run {what} (that runs on the {runs_on} backend); {hints[backend]}"
-        )
+    runs_on = _runs_on(kind, backend)
     if provider is not None and runs_on != "onnxruntime":
         raise BackendUnavailableError(f"--provider applies to onnxruntime (.onnx models) only, not to {runs_on}")
-    have = available_backends()
-    if runs_on == "onnxruntime" and not have["onnxruntime"]:
-        raise BackendUnavailableError(f"onnxruntime is not installed (pip install onnxruntime); available: {_describe_available()}")
-    if runs_on == "tensorrt" and not have["tensorrt"]:
+    if runs_on == "onnxruntime" and not _ort_providers():
+        raise BackendUnavailableError(f"onnxruntime is not installed (pip install onnxruntime); available: {describe_available()}")
+    if runs_on == "tensorrt" and not available_backends()["tensorrt"]:
         raise BackendUnavailableError(
-            f"a TensorRT engine needs TensorRT and a CUDA GPU; available here: {_describe_available()}"
+            f"a TensorRT engine needs TensorRT and a CUDA GPU; available here: {describe_available()}"
         )
     if runs_on == "openvino":
-        from sr_runtime.backends.openvino import available_devices
-
-        ov_devices = available_devices()
-        if not ov_devices:
-            raise BackendUnavailableError(
-                "the openvino backend needs OpenVINO: pip install 'sr-runtime[openvino]'; "
-                f"available: {_describe_available()}"
-            )
-        if device is None:
-            return BackendChoice("openvino", "cpu", None, "OpenVINO runs on the CPU")
-        if device not in ov_devices:
-            raise BackendUnavailableError(f"the openvino backend runs on {', '.join(ov_devices)}, not {device!r}")
-        return BackendChoice("openvino", device, None, "OpenVINO; device as asked")
-
-    if device is not None:
-        dev = str(parse_device(device))  # raises for a device that is not here
+        return _openvino_choice(device)
+    dev = str(parse_device(device)) if device is not None else None  # raises for a device that is not here
     if runs_on == "torch":
-        if device is None:
-            gpus = [d for d in torch_devices() if d != "cpu"]
-            dev = gpus[0] if gpus else "cpu"
-            return BackendChoice("torch", dev, None, f"a checkpoint runs on torch; fastest device here: {dev}")
-        return BackendChoice("torch", dev, None, "a checkpoint runs on torch; device as asked")
+        return _torch_choice(dev)
     if runs_on == "tensorrt":
-        if device is None:
-            dev = "cuda:0"
-        elif not dev.startswith("cuda"):
-            raise BackendUnavailableError(f"a TensorRT engine runs on a CUDA device, not {device!r}")
-        return BackendChoice("tensorrt", dev, None, "an .engine file runs on TensorRT")
-    # onnxruntime
-    providers = have["onnxruntime"]
+        return _tensorrt_choice(dev, device)
+    return _onnxruntime_choice(dev, provider)
+
+
+def _runs_on(kind: str, backend: str) -> str:
+    """The backend that runs a model of ``kind``; raises when ``backend`` names another."""
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    runs_on = "openvino" if backend == "openvino" and kind == "onnx" else _RUNS_ON[kind]
+    if backend not in ("auto", runs_on):
+        raise BackendUnavailableError(
+            f"the {backend} backend cannot run {_WHAT[kind]} (that runs on the {runs_on} backend); {_HOW[backend]}"
+        )
+    return runs_on
+
+
+def _openvino_choice(device: str | None) -> BackendChoice:
+    from sr_runtime.backends.openvino import available_devices
+
+    ov_devices = available_devices()
+    if not ov_devices:
+        raise BackendUnavailableError(
+            f"the openvino backend needs OpenVINO: pip install 'sr-runtime[openvino]'; available: {describe_available()}"
+        )
+    if device is None:
+        return BackendChoice("openvino", "cpu", None, "OpenVINO runs on the CPU")
+    if device not in ov_devices:
+        raise BackendUnavailableError(f"the openvino backend runs on {', '.join(ov_devices)}, not {device!r}")
+    return BackendChoice("openvino", device, None, "OpenVINO; device as asked")
+
+
+def _torch_choice(dev: str | None) -> BackendChoice:
+    if dev is None:
+        gpus = [d for d in torch_devices() if d != "cpu"]
+        dev = gpus[0] if gpus else "cpu"
+        return BackendChoice("torch", dev, None, f"a checkpoint runs on torch; fastest device here: {dev}")
+    return BackendChoice("torch", dev, None, "a checkpoint runs on torch; device as asked")
+
+
+def _tensorrt_choice(dev: str | None, asked: str | None) -> BackendChoice:
+    if dev is None:
+        dev = "cuda:0"
+    elif not dev.startswith("cuda"):
+        raise BackendUnavailableError(f"a TensorRT engine runs on a CUDA device, not {asked!r}")
+    return BackendChoice("tensorrt", dev, None, "an .engine file runs on TensorRT")
+
+
+def _onnxruntime_choice(dev: str | None, provider: str | None) -> BackendChoice:
+    providers = _ort_providers()
     if provider is None:
-        if device is None:
+        if dev is None:
             provider = "cuda" if "cuda" in providers else "cpu"
             why = "fastest provider here" if provider == "cuda" else "no CUDA provider here (onnxruntime-gpu + GPU)"
         else:
@@ -195,151 +217,102 @@ def select_backend(
             f"ONNX Runtime provider {provider!r} is not available; available providers: {', '.join(providers)} "
             f"(CUDA/TensorRT need onnxruntime-gpu and a CUDA build of torch)"
         )
-    if device is None:
+    if dev is None:
         dev = "cpu" if provider == "cpu" else "cuda:0"
     elif (provider == "cpu") != (dev == "cpu"):
         raise BackendUnavailableError(f"provider {provider!r} does not run on device {dev!r}")
     return BackendChoice("onnxruntime", dev, provider, f"an .onnx file runs on ONNX Runtime; {why}")
 
 
-def _accelerate(backend: str, precision: str | None, compile: bool, cuda_graphs: bool, channels_last,
-                device: str = "cpu") -> bool:
-    """True when a checkpoint should run in its automatically built fast form. ``compile`` on a GPU
-    does (the compiled torch forms compete: FP16 channels-last, FP32); on the CPU it runs as asked."""
-    if backend != "auto" or cuda_graphs or channels_last is not None:
-        return False
-    if compile and not device.startswith("cuda"):
-        return False
-    if precision not in (None, "fp32"):
-        return False  # an explicit fp16 runs as asked, on torch
-    return os.environ.get("SR_RUNTIME_ACCEL", "1").lower() not in ("0", "off", "false", "no")
-
-
-def create_backend(
-    model: str | os.PathLike,
-    *,
-    scale: int | None = None,
-    backend: str = "auto",
-    device: str | None = None,
-    precision: str | None = None,
-    provider: str | None = None,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    channels_last: bool | None = None,
-    runs_dir: str | os.PathLike = "runs",
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-) -> Backend:
-    """Load ``model`` (a model name, a checkpoint, an ``.onnx`` file or an ``.engine``) on the
-    backend :func:`select_backend` decides; logs the choice.
-
-    A checkpoint with ``backend="auto"`` (and no torch-only option) runs in its fastest
-    parity-checked form for this machine, built once and cached (:mod:`sr_runtime.accel`;
-    ``cache_dir``, ``use_cache``); ``backend="torch"`` runs it eagerly in PyTorch. Setting the
-    environment variable ``SR_RUNTIME_ACCEL=0`` turns the automatic forms off (as ``backend="torch"``).
-
-    ``precision``: None for the artifact's own (FP32 for checkpoints), or ``fp32``/``fp16``; ``bf16``
-    on the openvino backend only (the automatic path picks BF16 itself where it passes the gate).
-    ``compile``, ``cuda_graphs``, ``channels_last``: torch backend options (an error elsewhere).
-    ``scale``: required with a model name; checked against the file otherwise.
-    Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError.
-    """
-    if precision is not None and precision not in PRECISIONS:
-        raise BackendUnavailableError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    kind = model_kind(model)
-    if kind == "checkpoint" and backend == "tensorrt":
-        return _tensorrt_from_checkpoint(model, scale=scale, device=device, precision=precision, provider=provider,
-                                         torch_options=compile or cuda_graphs or channels_last is not None,
-                                         runs_dir=runs_dir, cache_dir=cache_dir, use_cache=use_cache)
-    choice = select_backend(kind, backend=backend, device=device, provider=provider)
-    if choice.backend != "torch" and (compile or cuda_graphs):
-        raise BackendUnavailableError("--compile and --cuda-graphs are torch backend options")
-    if precision == "bf16" and choice.backend != "openvino":
-        raise BackendUnavailableError(
-            f"bf16 runs on the openvino backend only (a CPU with BF16), not on {choice.backend}; "
-            f"pass an .onnx file with --backend openvino, or use --fp32"
-        )
-    accelerate = choice.backend == "torch" and _accelerate(backend, precision, compile, cuda_graphs, channels_last,
-                                                           choice.device)
-    if not accelerate:
-        log.info(
-            "backend: %s on %s%s (%s)",
-            choice.backend,
-            choice.device,
-            f", provider {choice.provider}" if choice.provider else "",
-            choice.reason,
-        )
-    if choice.backend == "torch":
-        from sr_runtime.backends.torch import TorchBackend
-        from sr_runtime.checkpoint import load_checkpoint
-        from sr_runtime.zoo import resolve_checkpoint
-
-        path, how = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
-        ckpt = load_checkpoint(path, scale=scale)
-        log.info("model: %s x%d from %s", ckpt.arch, ckpt.scale, how)
-        if accelerate:
-            from sr_runtime.accel import accelerated_backend
-
-            return accelerated_backend(path, ckpt, device=device, precision=precision,
-                                       source=f"{ckpt.name} from {how}", cache_dir=cache_dir, use_cache=use_cache,
-                                       compile=compile)
-        return TorchBackend(
-            ckpt.model,
-            spec=ckpt.spec,
-            device=choice.device,
-            precision=precision or "fp32",
-            channels_last=channels_last,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-            source=f"{ckpt.name} from {how}",
-        )
-    if choice.backend == "onnxruntime":
-        from sr_runtime.backends.onnxruntime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(model, provider=choice.provider, device=choice.device, precision=precision, scale=scale)
-    if choice.backend == "openvino":
-        from sr_runtime.backends.openvino import OpenVINOBackend
-
-        return OpenVINOBackend(model, device=choice.device, precision=precision, scale=scale)
-    from sr_runtime.backends.tensorrt import TensorRTBackend
-
-    trt_backend = TensorRTBackend(model, device=choice.device, precision=precision)
-    if scale is not None and trt_backend.spec.scale != scale:
-        trt_backend.close()
-        raise UnsupportedScaleError(f"{model}: the engine upscales x{trt_backend.spec.scale}, scale {scale} was asked for")
-    return trt_backend
-
-
-def _tensorrt_from_checkpoint(
-    model, *, scale, device, precision, provider, torch_options, runs_dir, cache_dir, use_cache
-) -> Backend:
-    """``backend="tensorrt"`` with a checkpoint: its TensorRT engine, built by the fast path
-    (:mod:`sr_runtime.accel`: FP16, else FP32; parity-checked, cached). Never falls back to another
-    backend: TensorRT or a GPU missing, or no engine passing the gate, is BackendUnavailableError."""
-    if provider is not None:
-        raise BackendUnavailableError("--provider applies to onnxruntime (.onnx models) only, not to tensorrt")
-    if torch_options:
-        raise BackendUnavailableError("--compile, --cuda-graphs and channels_last are torch backend options")
-    if precision == "bf16":
-        raise BackendUnavailableError("TensorRT engines here are fp16 or fp32, not bf16")
-    if importlib.util.find_spec("tensorrt") is None:
-        from sr_runtime.backends.tensorrt_sidecar import INSTALL_HINT
-
-        raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {INSTALL_HINT}; "
-                                      f"available here: {_describe_available()}")
-    gpus = [d for d in torch_devices() if d != "cpu"]
-    if device is None:
-        if not gpus:
-            raise BackendUnavailableError(f"TensorRT needs a CUDA GPU; available here: {_describe_available()}")
-        device = gpus[0]
-    elif not str(parse_device(device)).startswith("cuda"):
-        raise BackendUnavailableError(f"a TensorRT engine runs on a CUDA device, not {device!r}")
-    from sr_runtime.accel import accelerated_backend
+def open_checkpoint(model: str | os.PathLike, *, scale: int | None, runs_dir: str | os.PathLike = "runs"
+               ) -> tuple[Path, Checkpoint, str]:
+    """Resolve a checkpoint path or model name (:func:`sr_runtime.zoo.resolve_checkpoint`) and load it:
+    ``(path, checkpoint, "<name> from <where>")``; logs what was loaded."""
     from sr_runtime.checkpoint import load_checkpoint
     from sr_runtime.zoo import resolve_checkpoint
 
     path, how = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
     ckpt = load_checkpoint(path, scale=scale)
     log.info("model: %s x%d from %s", ckpt.arch, ckpt.scale, how)
-    return accelerated_backend(path, ckpt, device=device, precision=precision, source=f"{ckpt.name} from {how}",
-                               cache_dir=cache_dir, use_cache=use_cache, backend="tensorrt")
+    return path, ckpt, f"{ckpt.name} from {how}"
+
+
+def create_backend(
+    model: str | os.PathLike, options: RuntimeOptions | None = None, *, scale: int | None = None
+) -> Backend:
+    """Load ``model`` (a model name, a checkpoint, an ``.onnx`` file, an OpenVINO IR or an
+    ``.engine``) on the backend :func:`select_backend` decides from ``options``; logs the choice.
+
+    A checkpoint runs eagerly in PyTorch (its fastest form is :func:`sr_runtime.fastpath.load_backend`'s
+    job). ``options.precision``: None for the artifact's own (FP32 for checkpoints), or
+    ``fp32``/``fp16``; ``bf16`` on the openvino backend only. ``compile``, ``cuda_graphs``,
+    ``channels_last``: torch backend options (an error elsewhere). ``scale``: required with a model
+    name; checked against the file otherwise.
+    Raises BackendUnavailableError, EngineMismatchError, CheckpointError, InputError.
+    """
+    options = options or RuntimeOptions()
+    choice = select_backend(model_kind(model), backend=options.backend, device=options.device,
+                            provider=options.provider)
+    if choice.backend != "torch" and (options.compile or options.cuda_graphs):
+        raise BackendUnavailableError("--compile and --cuda-graphs are torch backend options")
+    if options.precision == "bf16" and choice.backend != "openvino":
+        raise BackendUnavailableError(
+            f"bf16 runs on the openvino backend only (a CPU with BF16), not on {choice.backend}; "
+            f"pass an .onnx file with --backend openvino, or use --fp32"
+        )
+    log.info("backend: %s on %s%s (%s)", choice.backend, choice.device,
+             f", provider {choice.provider}" if choice.provider else "", choice.reason)
+    chosen = options.replace(backend=choice.backend, device=choice.device, provider=choice.provider)
+    if choice.backend == "torch":
+        _, ckpt, source = open_checkpoint(model, scale=scale, runs_dir=options.runs_dir)
+        return open_artifact(ckpt.model, chosen, spec=ckpt.spec, source=source)
+    return open_artifact(model, chosen, scale=scale)
+
+
+def open_artifact(
+    artifact: Any,
+    options: RuntimeOptions,
+    *,
+    spec: IOSpec | None = None,
+    scale: int | None = None,
+    threads: int | None = None,
+    source: str = "",
+) -> Backend:
+    """Open ``artifact`` on ``options.backend`` (not ``auto``) at ``options.device`` and
+    ``options.precision``: the one place that maps a backend name to its class.
+
+    ``artifact``: for ``torch`` the network (an ``nn.Module``, with its ``spec``); for
+    ``onnxruntime`` an ``.onnx`` file (on ``options.provider``); for ``openvino`` an ``.onnx`` or IR
+    ``.xml``; for ``tensorrt`` an ``.engine`` with its sidecar. ``spec``: the IOSpec when the file
+    carries none; ``scale``: checked against the file. ``threads``: intra-op threads of the CPU
+    backends (onnxruntime, openvino; None: the library's default). ``source``: what was loaded, for
+    logs. Raises what the backend raises (BackendUnavailableError, EngineMismatchError,
+    InputError, UnsupportedScaleError).
+    """
+    name = options.backend
+    if name == "torch":
+        from sr_runtime.backends.torch import TorchBackend
+
+        return TorchBackend(artifact, spec=spec, device=options.device or "cpu", precision=options.precision or "fp32",
+                            channels_last=options.channels_last, compile=options.compile,
+                            cuda_graphs=options.cuda_graphs, source=source)
+    if name == "onnxruntime":
+        from sr_runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(artifact, provider=options.provider or "cpu", device=options.device,
+                                  precision=options.precision, spec=spec, scale=scale, threads=threads,
+                                  trt_cache_dir=cache_root(options.cache_dir) / ORT_TENSORRT_DIR)
+    if name == "openvino":
+        from sr_runtime.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(artifact, device=options.device or "cpu", precision=options.precision, spec=spec,
+                               scale=scale, threads=threads)
+    if name == "tensorrt":
+        from sr_runtime.backends.tensorrt import TensorRTBackend
+
+        engine = TensorRTBackend(artifact, device=options.device or "cuda", precision=options.precision, spec=spec)
+        if scale is not None and engine.spec.scale != scale:
+            engine.close()
+            raise UnsupportedScaleError(f"{artifact}: the engine upscales x{engine.spec.scale}, scale {scale} was asked for")
+        return engine
+    raise BackendUnavailableError(f"open_artifact needs a backend of {', '.join(BACKENDS[1:])}, not {name!r}")

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from sr_runtime.errors import BackendUnavailableError, InputError
+from sr_runtime.options import PRECISIONS
 from sr_runtime.spec import IOSpec
 
 __all__ = ["Backend", "ShapeLimits", "PRECISIONS", "parse_device", "resolve_file_spec", "torch_devices"]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-"""Every precision some backend runs; each backend refuses those it cannot (bf16: OpenVINO on CPUs with BF16)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Y or RGB, [0, 1] or [0, 255], static or dynamic shapes) are probed by :mod:`.onn
 
 Providers: ``cpu`` (CPUExecutionProvider), ``cuda`` (CUDAExecutionProvider, inputs and outputs
 bound to torch CUDA tensors with IOBinding: no host round trip per tile), ``tensorrt``
-(TensorrtExecutionProvider, engines cached on disk). After the session is created the requested
+(TensorrtExecutionProvider, engines cached on disk under the cache root,
+:func:`sr_runtime.options.cache_root`). After the session is created the requested
 provider must be the active one, else BackendUnavailableError: ONNX Runtime would otherwise fall
 back to CPU silently when CUDA libraries are missing. The CPU provider stays listed after a GPU
 provider only to run the few nodes a GPU provider does not implement (shape arithmetic), as ONNX
@@ -24,6 +25,7 @@ import torch
 from sr_runtime.backends.base import Backend, ShapeLimits, parse_device, resolve_file_spec
 from sr_runtime.backends.onnx_probe import adapter, check_io, graph_limits, probe_onnx
 from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedModelError
+from sr_runtime.options import ORT_TENSORRT_DIR, cache_root
 from sr_runtime.spec import IOSpec
 
 __all__ = ["PROVIDERS", "OnnxRuntimeBackend", "available_providers", "read_onnx_spec"]
@@ -83,8 +85,7 @@ engine per shape; the backend's ShapeLimits say the same, so the Upscaler tiles 
 
 
 def _default_trt_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sr_runtime" / "ort_tensorrt"
+    return cache_root() / ORT_TENSORRT_DIR
 
 
 class OnnxRuntimeBackend(Backend):

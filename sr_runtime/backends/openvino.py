@@ -11,7 +11,8 @@ fall back to FP32.
 
 The IOSpec comes from the ONNX ``io_spec`` metadata (sr-export writes it; OpenVINO exposes ONNX
 metadata as ``rt_info["framework"]`` and keeps it when the model is saved as IR), or from
-``rt_info["sr_runtime"]["io_spec"]`` (:func:`save_ir` writes it), else from ``spec``/``scale``.
+``rt_info["sr_runtime"]["io_spec"]`` (:func:`sr_runtime.export.openvino.save_ir` writes it, when it
+converts a model to IR), else from ``spec``/``scale``.
 ``openvino`` is imported only inside this module.
 """
 
@@ -34,10 +35,12 @@ __all__ = [
     "OpenVINOBackend",
     "OV_PRECISIONS",
     "SUFFIXES",
+    "IR_SPEC_PATH",
     "available_devices",
     "cpu_capabilities",
+    "import_openvino",
+    "read_ov_model",
     "read_ov_spec",
-    "save_ir",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,13 @@ OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 """``precision`` -> OpenVINO ``INFERENCE_PRECISION_HINT``."""
 _DEVICES = {"cpu": "CPU"}
 """Devices (torch-style names) -> OpenVINO device names. Inputs and outputs are CPU tensors."""
-_SPEC_PATHS = (("framework", "io_spec"), ("framework", "sr_runtime.io_spec"), ("sr_runtime", "io_spec"))
+IR_SPEC_PATH = ("sr_runtime", "io_spec")
+"""Where an IR written by this project keeps the IOSpec in its ``rt_info``."""
+_SPEC_PATHS = (("framework", "io_spec"), ("framework", "sr_runtime.io_spec"), IR_SPEC_PATH)
 
 
-def _import_ov():
+def import_openvino():
+    """The ``openvino`` module; raises BackendUnavailableError with the install command otherwise."""
     try:
         import openvino as ov
     except ImportError as e:
@@ -62,7 +68,7 @@ def _import_ov():
 
 @functools.lru_cache(maxsize=1)
 def _core():
-    return _import_ov().Core()
+    return import_openvino().Core()
 
 
 def available_devices() -> list[str]:
@@ -82,7 +88,7 @@ def cpu_capabilities() -> list[str]:
 
 
 def read_ov_spec(model) -> IOSpec | None:
-    """The IOSpec stored in an OpenVINO model's rt_info (ONNX metadata or :func:`save_ir`'s), or None."""
+    """The IOSpec stored in an OpenVINO model's rt_info (ONNX metadata or an IR's), or None."""
     for key_path in _SPEC_PATHS:
         if model.has_rt_info(list(key_path)):
             text = model.get_rt_info(list(key_path)).astype(str)
@@ -93,27 +99,8 @@ def read_ov_spec(model) -> IOSpec | None:
     return None
 
 
-def save_ir(model_path: str | os.PathLike, xml_path: str | os.PathLike, *, spec: IOSpec | None = None) -> Path:
-    """Convert ``model_path`` (``.onnx`` or ``.xml``) to OpenVINO IR at ``xml_path`` (+ ``.bin``),
-    FP32 weights, with the IOSpec (``spec``, else the source's) in ``rt_info["sr_runtime"]["io_spec"]``.
-
-    Returns ``xml_path``. Raises InputError when the source cannot be read or carries no spec and
-    none is given.
-    """
-    ov = _import_ov()
-    model_path, xml_path = Path(model_path), Path(xml_path)
-    model = _read_model(model_path)
-    spec = spec or read_ov_spec(model)
-    if spec is None:
-        raise InputError(f"{model_path}: no io_spec metadata to store in the IR; pass spec=IOSpec(...)")
-    model.set_rt_info(json.dumps(spec.to_dict()), ["sr_runtime", "io_spec"])
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    # compress_to_fp16=False: the IR's weights stay as exported; precision is an inference choice.
-    ov.save_model(model, str(xml_path), compress_to_fp16=False)
-    return xml_path
-
-
-def _read_model(path: Path):
+def read_ov_model(path: Path):
+    """``path`` (``.onnx``, or ``.xml`` with its ``.bin``) as an OpenVINO model; raises InputError."""
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     if path.suffix.lower() not in SUFFIXES:
@@ -151,7 +138,7 @@ class OpenVINOBackend(Backend):
         threads: int | None = None,
     ) -> None:
         path = Path(path)
-        ov = _import_ov()
+        ov = import_openvino()
         core = _core()
         if str(device) not in _DEVICES:
             raise BackendUnavailableError(
@@ -174,7 +161,7 @@ class OpenVINOBackend(Backend):
         if threads is not None and threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
 
-        model = _read_model(path)
+        model = read_ov_model(path)
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise InputError(
                 f"{path}: expected one input and one output (lr -> sr), got {len(model.inputs)} inputs "

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from sr_runtime.backends.tensorrt_sidecar import (
 )
 from sr_runtime.errors import ConfigError, EngineMismatchError, ExportError
 from sr_runtime.export.profile import ShapeProfile
+from sr_runtime.options import TENSORRT_DIR, cache_root
 from sr_runtime.spec import IOSpec, format_hw
 
 __all__ = [
@@ -196,9 +196,9 @@ def write_sidecar(engine_path: str | Path, record: EngineRecord) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/sr-export`` (``~/.cache/sr-export``): timing caches and built engines."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sr-export"
+    """Timing caches and built engines: ``tensorrt/`` under the one cache root
+    (:func:`sr_runtime.options.cache_root`: ``$SR_RUNTIME_CACHE`` or ``~/.cache/sr_runtime``)."""
+    return cache_root() / TENSORRT_DIR
 
 
 def _slug(text: str) -> str:

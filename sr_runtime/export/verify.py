@@ -1,20 +1,22 @@
-"""Parity between an exported artifact and PyTorch FP32, on real images.
+"""Parity between an exported artifact and PyTorch FP32, on real images: the one parity gate.
 
 Every export step is followed by :func:`check_parity`: the artifact and the PyTorch model run on
 the same crops of real photos (scikit-image's samples always, Set5 when a folder is given) and
 :func:`compare` reports what was achieved -- PSNR between the two outputs, the largest difference
 in 8-bit levels and the count of NaN/Inf -- not just pass/fail. Below the tolerance of the
 artifact's precision the step fails with :class:`~sr_runtime.errors.ParityError` naming the
-artifact, the image and the figures reached.
+artifact, the image and the figures reached. ``sr-export`` and the runtime's fast path
+(:mod:`sr_runtime.fastpath`, through :func:`parity_rows`) gate on the same photos, sizes and
+tolerances.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -23,17 +25,20 @@ from sr_runtime.metrics import psnr_db
 from sr_runtime.spec import IOSpec
 
 __all__ = [
-    "Tolerance",
     "TOLERANCES",
     "CompareResult",
-    "compare",
+    "OnnxRunner",
     "ParityCase",
     "ParityRow",
-    "parity_cases",
-    "parity_sizes",
+    "Tolerance",
     "align_size",
     "check_parity",
-    "OnnxRunner",
+    "compare",
+    "crop_lr",
+    "parity_cases",
+    "parity_rows",
+    "parity_sizes",
+    "sample_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,10 +81,14 @@ class CompareResult:
     """Whether the tolerance of the precision compared for was met."""
 
     def describe(self) -> str:
-        return (
-            f"PSNR {_fmt_db(self.psnr_db)} dB, max |diff| {self.max_abs_levels:.3f} levels, "
-            f"mean |diff| {self.mean_abs:.4f} levels, {self.nonfinite} NaN/Inf"
-        )
+        return _describe(self.psnr_db, self.max_abs_levels, self.mean_abs, self.nonfinite)
+
+
+def _describe(psnr_db: float, max_abs_levels: float, mean_abs_levels: float, nonfinite: int) -> str:
+    return (
+        f"PSNR {_fmt_db(psnr_db)} dB, max |diff| {max_abs_levels:.3f} levels, "
+        f"mean |diff| {mean_abs_levels:.4f} levels, {nonfinite} NaN/Inf"
+    )
 
 
 def _fmt_db(value: float) -> str:
@@ -146,6 +155,9 @@ class ParityRow:
     nonfinite: int
     passed: bool
 
+    def describe(self) -> str:
+        return _describe(self.psnr_db, self.max_abs_levels, self.mean_abs_levels, self.nonfinite)
+
     def to_dict(self) -> dict:
         row = asdict(self)
         # JSON has no Infinity or NaN: identical outputs get the string "inf".
@@ -178,10 +190,34 @@ def parity_sizes(
     return sizes
 
 
-def _sample_images() -> list[tuple[str, np.ndarray]]:
-    from skimage import data
+def sample_images(*, synthetic_ok: bool = False) -> list[tuple[str, np.ndarray]]:
+    """scikit-image's astronaut, chelsea and coffee, ``[(name, HWC uint8)]``.
 
+    Without scikit-image: with ``synthetic_ok``, one synthetic image (smooth areas, fine texture,
+    hard edges) and a log line saying so; else the ImportError.
+    """
+    try:
+        from skimage import data
+    except ImportError:
+        if not synthetic_ok:
+            raise
+        log.info("scikit-image is not installed: the parity gate uses a synthetic image, not photos")
+        return [("synthetic", _synthetic_image())]
     return [(name, getattr(data, name)()) for name in ("astronaut", "chelsea", "coffee")]
+
+
+def _synthetic_image() -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.random((1, 3, 12, 16), dtype=np.float32))
+    fine = torch.from_numpy(rng.random((1, 3, 96, 128), dtype=np.float32))
+    img = 0.7 * F.interpolate(coarse, size=(384, 512), mode="bicubic", align_corners=False)
+    img = img + 0.3 * F.interpolate(fine, size=(384, 512), mode="bilinear", align_corners=False)
+    img[:, :, 100:110, :] = 1.0  # hard edges
+    img[:, :, :, 300:304] = 0.0
+    return (img.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _folder_images(folder: Path) -> list[tuple[str, np.ndarray]]:
@@ -210,23 +246,33 @@ def _to_lr(img_hwc_u8: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img_hwc_u8.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
 
 
+def crop_lr(img_hwc_u8: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The centre ``h`` x ``w`` crop of an HWC uint8 image as (1, 3, h, w) float32 in [0, 1];
+    raises ExportError when the image is smaller."""
+    crop = _center_crop(img_hwc_u8, h, w)
+    if crop is None:
+        raise ExportError(f"crop {h}x{w} is larger than the image {img_hwc_u8.shape[:2]}")
+    return _to_lr(crop)
+
+
 def parity_cases(
     sizes: Sequence[tuple[int, int]],
     *,
+    images: Sequence[tuple[str, np.ndarray]] | None = None,
     folder: str | Path | None = None,
     folder_sizes: Sequence[tuple[int, int]] | None = None,
     batch: int = 2,
 ) -> list[ParityCase]:
     """Centre crops of real images at every LR size in ``sizes``.
 
-    scikit-image's astronaut, chelsea and coffee are always used, at every size; the PNGs of
-    ``folder`` (e.g. Set5), when given, at ``folder_sizes`` (default: the first size). When
-    ``batch`` > 1 one more case stacks ``batch`` different images at the first size, to check
-    the dynamic batch axis.
+    ``images`` (default :func:`sample_images`: scikit-image's astronaut, chelsea and coffee) are
+    always used, at every size; the PNGs of ``folder`` (e.g. Set5), when given, at ``folder_sizes``
+    (default: the first size). When ``batch`` > 1 one more case stacks ``batch`` images at the
+    first size (different ones where there are enough), to check the dynamic batch axis.
     """
     if not sizes:
         raise ExportError("parity needs at least one image size")
-    samples = _sample_images()
+    samples = list(images) if images is not None else sample_images()
     cases: list[ParityCase] = []
     for h, w in sizes:
         for name, img in samples:
@@ -280,6 +326,34 @@ class OnnxRunner:
         return out.astype(np.float32)
 
 
+def parity_rows(
+    artifact: str,
+    run: Callable[[np.ndarray], np.ndarray],
+    reference: Callable[[np.ndarray], np.ndarray] | dict[int, np.ndarray],
+    cases: Iterable[ParityCase],
+    *,
+    precision: str,
+) -> Iterator[ParityRow]:
+    """Run ``run`` and the PyTorch ``reference`` on each case in turn and compare: one
+    :class:`ParityRow` per case, yielded as soon as it is measured, so a caller can stop at the
+    first that did not pass (``row.passed``).
+
+    ``reference`` is a callable, or a dict from ``id(case)`` to a precomputed reference output
+    (so several artifacts share one PyTorch pass). Raises ParityError when ``run`` fails.
+    """
+    for case in cases:
+        ref = reference[id(case)] if isinstance(reference, dict) else reference(case.lr)
+        try:
+            out = run(case.lr)
+        except Exception as e:  # the runtime's own error types: add which artifact and image
+            raise ParityError(f"{artifact}: running it on {case.image} ({case.size}) failed: {e}") from e
+        result = compare(ref, out, precision=precision)
+        log.debug("parity %s %s %s: %s", artifact, case.image, case.size, result.describe())
+        yield ParityRow(artifact=artifact, image=case.image, size=case.size, precision=precision,
+                        psnr_db=result.psnr_db, max_abs_levels=result.max_abs_levels, mean_abs_levels=result.mean_abs,
+                        nonfinite=result.nonfinite, passed=result.passed)
+
+
 def check_parity(
     artifact: str,
     run: Callable[[np.ndarray], np.ndarray],
@@ -288,40 +362,21 @@ def check_parity(
     *,
     precision: str,
 ) -> list[ParityRow]:
-    """Run ``run`` and the PyTorch ``reference`` on every case and compare; raise on the first failure.
+    """:func:`parity_rows` on every case; raise on the first failure.
 
-    ``reference`` is a callable, or a dict from ``id(case)`` to a precomputed reference output
-    (so several artifacts share one PyTorch pass). Returns one :class:`ParityRow` per case.
-    Raises ParityError naming the artifact, the image, its size and what was reached.
+    Returns one :class:`ParityRow` per case. Raises ParityError naming the artifact, the image,
+    its size and what was reached.
     """
     cases = list(cases)
     if not cases:
         raise ExportError(f"{artifact}: no parity image to compare on")
     rows = []
-    for case in cases:
-        ref = reference[id(case)] if isinstance(reference, dict) else reference(case.lr)
-        try:
-            out = run(case.lr)
-        except Exception as e:  # the runtime's own error types: add which artifact and image
-            raise ParityError(f"{artifact}: running it on {case.image} ({case.size}) failed: {e}") from e
-        result = compare(ref, out, precision=precision)
-        row = ParityRow(
-            artifact=artifact,
-            image=case.image,
-            size=case.size,
-            precision=precision,
-            psnr_db=result.psnr_db,
-            max_abs_levels=result.max_abs_levels,
-            mean_abs_levels=result.mean_abs,
-            nonfinite=result.nonfinite,
-            passed=result.passed,
-        )
+    for row in parity_rows(artifact, run, reference, cases, precision=precision):
         rows.append(row)
-        log.debug("parity %s %s %s: %s", artifact, case.image, case.size, result.describe())
-        if not result.passed:
+        if not row.passed:
             tol = TOLERANCES[precision]
             raise ParityError(
-                f"{artifact} does not match PyTorch FP32 on {case.image} ({case.size}): {result.describe()}; "
+                f"{artifact} does not match PyTorch FP32 on {row.image} ({row.size}): {row.describe()}; "
                 f"{precision} needs PSNR >= {tol.min_psnr_db:g} dB and at most {tol.max_nonfinite} NaN/Inf"
             )
     worst = min(rows, key=lambda r: r.psnr_db)
@@ -335,3 +390,4 @@ def check_parity(
         max(r.max_abs_levels for r in rows),
     )
     return rows
+

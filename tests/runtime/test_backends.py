@@ -19,6 +19,7 @@ from sr_runtime.color import image_to_tensor
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import BackendUnavailableError, EngineMismatchError, InputError, UnsupportedScaleError
 from sr_runtime.metrics import psnr_db
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.spec import IOSpec
 
 PARITY_ARCHS = ("fsrcnn", "srcnn", "edsr")
@@ -147,7 +148,7 @@ def test_explicit_choices_that_cannot_be_honoured_are_errors(kind, kwargs, match
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; this machine has a GPU")
 def test_cuda_without_gpu_is_an_error_listing_devices(fsrcnn_files):
     with pytest.raises(BackendUnavailableError, match="available: cpu"):
-        create_backend(fsrcnn_files[0], device="cuda")
+        create_backend(fsrcnn_files[0], RuntimeOptions(device="cuda"))
 
 
 def test_unavailable_onnxruntime_provider_is_an_error(fsrcnn_files):
@@ -155,24 +156,25 @@ def test_unavailable_onnxruntime_provider_is_an_error(fsrcnn_files):
     if "cuda" in available_backends()["onnxruntime"]:
         pytest.skip("this onnxruntime has a usable CUDA provider")
     with pytest.raises(BackendUnavailableError, match="provider 'cuda' is not available"):
-        create_backend(fsrcnn_files[1], provider="cuda")
+        create_backend(fsrcnn_files[1], RuntimeOptions(provider="cuda"))
 
 
 def test_fp16_on_the_cpu_is_an_error(fsrcnn_files):
     with pytest.raises(BackendUnavailableError, match="CUDA devices only"):
-        create_backend(fsrcnn_files[0], precision="fp16", device="cpu")
+        create_backend(fsrcnn_files[0], RuntimeOptions(precision="fp16", device="cpu"))
 
 
 def test_onnx_precision_must_match(fsrcnn_files):
     with pytest.raises(BackendUnavailableError, match="FP32 model and fp16"):
-        create_backend(fsrcnn_files[1], precision="fp16")
+        create_backend(fsrcnn_files[1], RuntimeOptions(precision="fp16"))
 
 
 @pytest.mark.parametrize("name", PARITY_ARCHS)
 def test_onnxruntime_cpu_matches_torch_fp32_on_a_photo(tmp_path, name, photo_crop, signal):
     ckpt = make_checkpoint(tmp_path / f"{name}.safetensors", name, net=signal.net(name, 2))
     onnx_path = export_onnx(ckpt, tmp_path / f"{name}.onnx")
-    with create_backend(ckpt, device="cpu") as ref, create_backend(onnx_path, provider="cpu") as ort:
+    with create_backend(ckpt, RuntimeOptions(device="cpu")) as ref, \
+            create_backend(onnx_path, RuntimeOptions(provider="cpu")) as ort:
         assert ort.describe().startswith("onnxruntime on cpu at fp32")
         with torch.inference_mode():
             expected = ref.run(photo_crop)
@@ -188,7 +190,7 @@ def test_torch_backend_matches_the_deploy_model(fsrcnn_files, photo_crop):
     with torch.inference_mode():
         expected = DeployModel(ckpt.model).eval()(photo_crop)
     for channels_last in (False, True):
-        with create_backend(fsrcnn_files[0], device="cpu", channels_last=channels_last) as backend:
+        with create_backend(fsrcnn_files[0], RuntimeOptions(device="cpu", channels_last=channels_last)) as backend:
             assert psnr_db(backend.run(photo_crop), expected) >= 80
 
 
@@ -295,11 +297,11 @@ def test_missing_or_broken_sidecar_is_a_mismatch(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}, {"compile": True}])
 def test_torch_cuda_matches_cpu_fp32(fsrcnn_files, photo_crop, precision, options, signal):
-    with create_backend(fsrcnn_files[0], device="cpu") as ref:
+    with create_backend(fsrcnn_files[0], RuntimeOptions(device="cpu")) as ref:
         with torch.inference_mode():
             expected = ref.run(photo_crop)
     signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB[precision])
-    with create_backend(fsrcnn_files[0], device="cuda", precision=precision, **options) as gpu:
+    with create_backend(fsrcnn_files[0], RuntimeOptions(device="cuda", precision=precision, **options)) as gpu:
         x = photo_crop.to("cuda", gpu.input_dtype)
         gpu.run(torch.flip(x, dims=[-1]))  # the first call compiles or captures, on another image
         got = gpu.run(x).float().cpu()  # a replay must compute on its own input, not the captured one
@@ -310,11 +312,11 @@ def test_torch_cuda_matches_cpu_fp32(fsrcnn_files, photo_crop, precision, option
 def test_onnxruntime_cuda_iobinding_matches_torch(fsrcnn_files, photo_crop, signal):
     if "cuda" not in available_backends()["onnxruntime"]:
         pytest.skip("needs onnxruntime-gpu with CUDAExecutionProvider")
-    with create_backend(fsrcnn_files[0], device="cpu") as ref:
+    with create_backend(fsrcnn_files[0], RuntimeOptions(device="cpu")) as ref:
         with torch.inference_mode():
             expected = ref.run(photo_crop)
     signal.informative(expected, photo_crop, ref.spec, threshold_db=TOLERANCE_DB["fp32"])
-    with create_backend(fsrcnn_files[1], provider="cuda") as ort:
+    with create_backend(fsrcnn_files[1], RuntimeOptions(provider="cuda")) as ort:
         got = ort.run(photo_crop.cuda())
         assert got.is_cuda
     assert psnr_db(got.cpu(), expected) >= TOLERANCE_DB["fp32"]
@@ -332,7 +334,7 @@ def test_tensorrt_engine_matches_torch(tmp_path, fsrcnn_files, photo_crop):
         profile=ShapeProfile(min=(16, 16), opt=(64, 64), max=(128, 128), batch=(1, 2, 4)),
         command="test", cache_dir=tmp_path / "cache",
     )
-    with create_backend(fsrcnn_files[0], device="cpu") as ref:
+    with create_backend(fsrcnn_files[0], RuntimeOptions(device="cpu")) as ref:
         with torch.inference_mode():
             expected = ref.run(photo_crop)
     with create_backend(engine) as trt:

@@ -15,14 +15,16 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 
 from sr_runtime.backends import available_backends, create_backend, model_kind, select_backend  # noqa: E402
 from sr_runtime.backends import openvino as ov_backend  # noqa: E402
-from sr_runtime.backends.openvino import OpenVINOBackend, save_ir  # noqa: E402
+from sr_runtime.backends.openvino import OpenVINOBackend  # noqa: E402
 from sr_runtime.backends.torch import TorchBackend  # noqa: E402
 from sr_runtime.checkpoint import load_checkpoint  # noqa: E402
 from sr_runtime.cli import build_parser  # noqa: E402
 from sr_runtime.color import image_to_tensor  # noqa: E402
 from sr_runtime.deploy import DeployModel  # noqa: E402
 from sr_runtime.errors import BackendUnavailableError, InputError, UnsupportedScaleError  # noqa: E402
+from sr_runtime.export.openvino import save_ir
 from sr_runtime.metrics import psnr_db
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.upscaler import Upscaler  # noqa: E402
 from sr_runtime.zoo import shipped_path  # noqa: E402
 
@@ -176,7 +178,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(fsrcnn, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="bf16 needs .* FP32, INT8, EXPORT_IMPORT"):
         OpenVINOBackend(fsrcnn[1], precision="bf16")
     with pytest.raises(BackendUnavailableError, match="bf16 needs"):
-        create_backend(fsrcnn[1], backend="openvino", precision="bf16")
+        create_backend(fsrcnn[1], RuntimeOptions(backend="openvino", precision="bf16"))
 
 
 def test_unsupported_precision_and_device_are_errors(fsrcnn):
@@ -185,7 +187,7 @@ def test_unsupported_precision_and_device_are_errors(fsrcnn):
     with pytest.raises(BackendUnavailableError, match="runs on cpu, not 'cuda'"):
         OpenVINOBackend(fsrcnn[1], device="cuda")
     with pytest.raises(BackendUnavailableError, match="runs on cpu, not 'cuda:0'"):
-        create_backend(fsrcnn[1], backend="openvino", device="cuda:0")
+        create_backend(fsrcnn[1], RuntimeOptions(backend="openvino", device="cuda:0"))
 
 
 def test_no_metadata_needs_a_scale(fsrcnn, tmp_path, photo_crop):
@@ -212,9 +214,9 @@ def test_registration_is_additive(fsrcnn):
         select_backend("onnx", backend="openvino", provider="cpu")
     # bf16 exists only on openvino: other backends refuse it rather than run FP32 under its name.
     with pytest.raises(BackendUnavailableError, match="bf16 runs on the openvino backend only"):
-        create_backend("fsrcnn", scale=2, backend="torch", precision="bf16")
+        create_backend("fsrcnn", RuntimeOptions(backend="torch", precision="bf16"), scale=2)
     with pytest.raises(BackendUnavailableError, match="bf16 runs on the openvino backend only"):
-        create_backend(fsrcnn[1], precision="bf16")
+        create_backend(fsrcnn[1], RuntimeOptions(precision="bf16"))
     args = build_parser().parse_args(["x.png", "--backend", "openvino", "--bf16"])
     assert args.backend == "openvino" and args.precision == "bf16"
 

@@ -1,4 +1,4 @@
-"""A cache of built artifacts (ONNX files and the choice of the fastest form) for a model on this machine.
+"""The fast path's cache: built forms of a model (ONNX files, engines, the choice of the fastest) on this machine.
 
 An entry is a directory ``<root>/<key>/`` holding the artifacts and ``entry.json``: what was built,
 from what, the sha256 of each artifact, the candidates tried and the one chosen. The key hashes
@@ -10,8 +10,10 @@ Writes are atomic (built in a temporary directory beside the entry, then renamed
 a file lock per key, so concurrent processes on a cold cache build once and all succeed. An entry
 whose files do not match their recorded hashes is reported, removed and rebuilt.
 
-Root: ``cache_dir`` when given, else ``$SR_RUNTIME_CACHE``, else ``$XDG_CACHE_HOME/sr_runtime``
-(``~/.cache/sr_runtime``).
+Root: :func:`sr_runtime.options.cache_root`, the one root of every built artifact; besides the
+entries it holds the TensorRT engine cache of ``sr-export`` and ONNX Runtime's TensorRT provider
+engines (:data:`~sr_runtime.options.TENSORRT_DIR`, :data:`~sr_runtime.options.ORT_TENSORRT_DIR`),
+which :func:`list_entries` leaves out and :func:`clear` removes too.
 """
 
 from __future__ import annotations
@@ -35,23 +37,17 @@ import torch
 from sr_runtime.atomic import sha256_file
 from sr_runtime.errors import InputError
 from sr_runtime.machine import cpu_flags
+from sr_runtime.options import ORT_TENSORRT_DIR, TENSORRT_DIR, cache_root
 
-__all__ = ["CacheEntry", "cache_key", "cache_root", "clear", "get_or_build", "list_entries", "machine_record"]
+__all__ = ["CacheEntry", "cache_key", "clear", "get_or_build", "list_entries", "machine_record"]
 
 log = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
+ARTIFACT_DIRS = (TENSORRT_DIR, ORT_TENSORRT_DIR)
+"""Folders of the root that hold other built artifacts, not entries."""
 FORMAT_VERSION = 1
 """Bump when the layout or the meaning of an entry changes: old entries then miss."""
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("SR_RUNTIME_CACHE"):
-        return Path(os.environ["SR_RUNTIME_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sr_runtime"
 
 
 def _version(dist: str) -> str | None:
@@ -220,7 +216,7 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, A
     if not root.is_dir():
         return []
     rows = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
+    for path in sorted(p for p in root.iterdir() if _is_entry(p)):
         record, why = _verify(path)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         row = {"key": path.name, "path": str(path), "bytes": size, "ok": record is not None, "problem": why}
@@ -231,15 +227,20 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict[str, A
 
 
 def clear(cache_dir: str | os.PathLike | None = None) -> int:
-    """Remove every entry (and stale temporary directories and locks); returns how many entries."""
+    """Remove every entry (and the other built artifacts, stale temporary directories and locks);
+    returns how many entries."""
     root = cache_root(cache_dir)
     if not root.is_dir():
         return 0
     count = 0
     for path in root.iterdir():
         if path.is_dir():
-            count += not path.name.startswith(".tmp-")
+            count += _is_entry(path)
             shutil.rmtree(path, ignore_errors=True)
         elif path.suffix == ".lock":
             path.unlink(missing_ok=True)
     return count
+
+
+def _is_entry(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".tmp-") and path.name not in ARTIFACT_DIRS

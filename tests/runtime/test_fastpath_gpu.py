@@ -1,4 +1,4 @@
-"""The GPU forms of the automatic fast path (sr_runtime.accel): TensorRT FP16, ONNX Runtime CUDA
+"""The GPU forms of the automatic fast path (sr_runtime.fastpath): TensorRT FP16, ONNX Runtime CUDA
 FP16, torch FP16 channels-last (compiled when asked), then FP32.
 
 The candidate lists, skip reasons, cache keys and the build flow around the engine run here on a
@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from sr_runtime import accel, cache
-from sr_runtime.backends import create_backend
+from sr_runtime import fastpath
+from sr_runtime.backends import tensorrt_sidecar
 from sr_runtime.backends.torch import TorchBackend
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.errors import BackendUnavailableError, ExportError
+from sr_runtime.export.verify import align_size
+from sr_runtime.fastpath import build, cache, candidates
+from sr_runtime.fastpath.candidates import ONNX_FILE, ONNX_FP16_FILE, Candidate, candidates_for
 from sr_runtime.metrics import psnr_db
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.zoo import shipped_path
 
 pytest.importorskip("onnxruntime")
@@ -30,20 +34,11 @@ CUDA = torch.device("cuda", 0)
 
 
 @pytest.fixture
-def fast(monkeypatch, tmp_path):
-    """The fast path on, with an empty cache of its own."""
-    monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
-    root = tmp_path / "cache"
-    monkeypatch.setenv("SR_RUNTIME_CACHE", str(root))
-    return root
-
-
-@pytest.fixture
 def everything_installed(monkeypatch):
     """TensorRT importable, onnxruntime-gpu with its CUDA provider, the FP16 conversion's tools."""
-    monkeypatch.setattr(accel, "_tensorrt_status", lambda: (True, "TensorRT 10.9.0"))
-    monkeypatch.setattr(accel, "_fp16_onnx_status", lambda: (True, ""))
-    monkeypatch.setattr(accel, "_ort_cuda", lambda: True)
+    monkeypatch.setattr(candidates, "tensorrt_status", lambda: (True, "TensorRT 10.9.0"))
+    monkeypatch.setattr(candidates, "_fp16_onnx_status", lambda: (True, ""))
+    monkeypatch.setattr(candidates, "_ort_cuda", lambda: True)
 
 
 def _names(found):
@@ -51,7 +46,7 @@ def _names(found):
 
 
 def test_gpu_candidates_fastest_expected_first(everything_installed):
-    found, skipped = accel.candidates_for(CUDA, None)
+    found, skipped = candidates_for(CUDA, None)
     assert _names(found) == [
         "tensorrt-fp16", "onnxruntime-cuda-fp16", "torch-cuda-fp16-channels-last",
         "onnxruntime-cuda-fp32", "torch-cuda-fp32",
@@ -59,24 +54,23 @@ def test_gpu_candidates_fastest_expected_first(everything_installed):
     assert skipped == []
     trt, ort16, torch16 = found[:3]
     assert (trt.backend, trt.precision, trt.file) == ("tensorrt", "fp16", "model_fp16.engine")
-    assert trt.needs_fp16_onnx and ort16.needs_fp16_onnx and ort16.file == accel.ONNX_FP16_FILE
+    assert trt.needs_fp16_onnx and ort16.needs_fp16_onnx and ort16.file == ONNX_FP16_FILE
     assert (ort16.provider, torch16.channels_last, torch16.compile) == ("cuda", True, False)
-    assert found[3].file == accel.ONNX_FILE and not found[3].needs_fp16_onnx
+    assert found[3].file == ONNX_FILE and not found[3].needs_fp16_onnx
 
 
 def test_gpu_fp32_request_keeps_full_precision_forms_only(everything_installed):
-    found, _ = accel.candidates_for(CUDA, "fp32")
+    found, _ = candidates_for(CUDA, "fp32")
     assert _names(found) == ["tensorrt-fp32", "onnxruntime-cuda-fp32", "torch-cuda-fp32"]
     assert {c.precision for c in found} == {"fp32"}
 
 
 def test_gpu_candidates_without_tensorrt_or_onnxruntime_gpu_say_why(monkeypatch):
-    real_have = accel._have
-    monkeypatch.setattr(accel, "_have", lambda m: m != "tensorrt" and real_have(m))
+    monkeypatch.setattr(tensorrt_sidecar, "tensorrt_available", lambda: False)
     import sr_runtime.backends.onnxruntime as ort_backend
 
     monkeypatch.setattr(ort_backend, "available_providers", lambda: ["cpu"])  # CPU-only onnxruntime
-    found, skipped = accel.candidates_for(CUDA, None)
+    found, skipped = candidates_for(CUDA, None)
     assert _names(found) == ["torch-cuda-fp16-channels-last", "torch-cuda-fp32"]
     why = dict(skipped)
     assert list(why) == ["tensorrt-fp16", "onnxruntime-cuda-fp16", "onnxruntime-cuda-fp32"]
@@ -85,28 +79,27 @@ def test_gpu_candidates_without_tensorrt_or_onnxruntime_gpu_say_why(monkeypatch)
 
 
 def test_a_tensorrt_that_does_not_import_is_skipped_with_the_error(monkeypatch):
-    real_have = accel._have
-    monkeypatch.setattr(accel, "_have", lambda m: m == "tensorrt" or real_have(m))
+    monkeypatch.setattr(tensorrt_sidecar, "tensorrt_available", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # found on disk, but `import tensorrt` fails
-    monkeypatch.setattr(accel, "_ort_cuda", lambda: False)
-    found, skipped = accel.candidates_for(CUDA, None)
+    monkeypatch.setattr(candidates, "_ort_cuda", lambda: False)
+    found, skipped = candidates_for(CUDA, None)
     assert "tensorrt-fp16" not in _names(found)
     assert "tensorrt does not import" in dict(skipped)["tensorrt-fp16"]
 
 
 def test_fp16_forms_need_the_fp16_conversion_tools(monkeypatch):
-    monkeypatch.setattr(accel, "_tensorrt_status", lambda: (True, "TensorRT 10.9.0"))
-    monkeypatch.setattr(accel, "_ort_cuda", lambda: True)
-    real_have = accel._have
-    monkeypatch.setattr(accel, "_have", lambda m: m != "onnxconverter_common" and real_have(m))
-    found, skipped = accel.candidates_for(CUDA, None)
+    monkeypatch.setattr(candidates, "tensorrt_status", lambda: (True, "TensorRT 10.9.0"))
+    monkeypatch.setattr(candidates, "_ort_cuda", lambda: True)
+    real_have = candidates._have
+    monkeypatch.setattr(candidates, "_have", lambda m: m != "onnxconverter_common" and real_have(m))
+    found, skipped = candidates_for(CUDA, None)
     assert _names(found) == ["torch-cuda-fp16-channels-last", "onnxruntime-cuda-fp32", "torch-cuda-fp32"]
     why = dict(skipped)
     assert "onnxconverter_common" in why["tensorrt-fp16"] and "onnxconverter_common" in why["onnxruntime-cuda-fp16"]
 
 
 def test_compile_asks_for_the_compiled_torch_forms_only(everything_installed):
-    found, skipped = accel.candidates_for(CUDA, None, compile=True)
+    found, skipped = candidates_for(CUDA, None, compile=True)
     assert _names(found) == ["torch-cuda-fp16-channels-last-compiled", "torch-cuda-fp32-compiled"]
     assert all(c.backend == "torch" and c.compile and c.channels_last for c in found)
     assert {n for n, _ in skipped} == {"tensorrt", "onnxruntime-cuda"}
@@ -115,22 +108,22 @@ def test_compile_asks_for_the_compiled_torch_forms_only(everything_installed):
 
 def test_cpu_never_lists_gpu_forms_even_with_gpu_libraries_installed(everything_installed):
     for precision in (None, "fp32"):
-        found, skipped = accel.candidates_for(torch.device("cpu"), precision)
+        found, skipped = candidates_for(torch.device("cpu"), precision)
         assert not [c for c in found if c.backend == "tensorrt" or "cuda" in c.name or c.precision == "fp16"]
         assert not [n for n, _ in skipped if "cuda" in n or "tensorrt" in n]
         assert found[-1].name == "torch-cpu-fp32"
 
 
 def test_explicit_tensorrt_candidates_or_an_error(monkeypatch, everything_installed):
-    found, _ = accel.candidates_for(CUDA, None, backend="tensorrt")
+    found, _ = candidates_for(CUDA, None, backend="tensorrt")
     assert _names(found) == ["tensorrt-fp16", "tensorrt-fp32"]  # TensorRT only: nothing else competes
-    assert _names(accel.candidates_for(CUDA, "fp16", backend="tensorrt")[0]) == ["tensorrt-fp16"]
-    assert _names(accel.candidates_for(CUDA, "fp32", backend="tensorrt")[0]) == ["tensorrt-fp32"]
+    assert _names(candidates_for(CUDA, "fp16", backend="tensorrt")[0]) == ["tensorrt-fp16"]
+    assert _names(candidates_for(CUDA, "fp32", backend="tensorrt")[0]) == ["tensorrt-fp32"]
     with pytest.raises(BackendUnavailableError, match="CUDA"):
-        accel.candidates_for(torch.device("cpu"), None, backend="tensorrt")
-    monkeypatch.setattr(accel, "_tensorrt_status", lambda: (False, accel.TRT_HINT))
+        candidates_for(torch.device("cpu"), None, backend="tensorrt")
+    monkeypatch.setattr(candidates, "tensorrt_status", lambda: (False, tensorrt_sidecar.INSTALL_HINT))
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
-        accel.candidates_for(CUDA, None, backend="tensorrt")
+        candidates_for(CUDA, None, backend="tensorrt")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-TensorRT/no-GPU error; this machine has a GPU")
@@ -139,9 +132,9 @@ def test_backend_tensorrt_with_a_checkpoint_and_no_tensorrt_is_an_error(fast):
 
     expected = "TensorRT is not installed" if importlib.util.find_spec("tensorrt") is None else "CUDA GPU"
     with pytest.raises(BackendUnavailableError, match=expected):
-        create_backend("fsrcnn", scale=2, backend="tensorrt")
+        fastpath.load_backend("fsrcnn", RuntimeOptions(backend="tensorrt"), scale=2)
     with pytest.raises(BackendUnavailableError, match="--provider"):
-        create_backend("fsrcnn", scale=2, backend="tensorrt", provider="cuda")
+        fastpath.load_backend("fsrcnn", RuntimeOptions(backend="tensorrt", provider="cuda"), scale=2)
     assert not fast.exists() or list(fast.iterdir()) == []  # nothing was built, nothing fell back
 
 
@@ -151,17 +144,17 @@ def test_backend_tensorrt_without_a_gpu_is_an_error_even_with_tensorrt(fast, mon
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt"
                         else real_find(name, *a))
-    monkeypatch.setattr("sr_runtime.backends.torch_devices", lambda: ["cpu"])
+    monkeypatch.setattr("sr_runtime.fastpath.torch_devices", lambda: ["cpu"])
     with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
-        create_backend("fsrcnn", scale=2, backend="tensorrt")
+        fastpath.load_backend("fsrcnn", RuntimeOptions(backend="tensorrt"), scale=2)
     with pytest.raises(BackendUnavailableError, match="CUDA device"):
-        create_backend("fsrcnn", scale=2, backend="tensorrt", device="cpu")
+        fastpath.load_backend("fsrcnn", RuntimeOptions(backend="tensorrt", device="cpu"), scale=2)
     assert not fast.exists() or list(fast.iterdir()) == []
 
 
 def test_compile_on_the_cpu_runs_as_asked_not_through_the_fast_path(fast, monkeypatch):
-    monkeypatch.setattr(accel, "accelerated_backend", lambda *a, **k: pytest.fail("compile on CPU is not accelerated"))
-    backend = create_backend("fsrcnn", scale=2, device="cpu", compile=True)
+    monkeypatch.setattr(fastpath, "accelerated_backend", lambda *a, **k: pytest.fail("compile on CPU is not accelerated"))
+    backend = fastpath.load_backend("fsrcnn", RuntimeOptions(device="cpu", compile=True), scale=2)
     assert isinstance(backend, TorchBackend) and backend.compiled
     backend.close()
 
@@ -174,7 +167,7 @@ def test_gpu_cache_key_covers_gpu_capability_tensorrt_and_the_request(monkeypatc
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu["cc"])
 
     def key(**kw):
-        return cache.cache_key(accel.key_inputs(path, ckpt, CUDA, None, **kw))
+        return cache.cache_key(fastpath.key_inputs(path, ckpt, CUDA, None, **kw))
 
     base = key()
     assert key() == base
@@ -199,7 +192,7 @@ def test_gpu_cache_key_covers_gpu_capability_tensorrt_and_the_request(monkeypatc
     assert key() != with_trt  # another TensorRT version
     monkeypatch.setattr(cache, "_version", real_version)
     assert key(compile=True) != base and key(backend="tensorrt") != base
-    monkeypatch.setitem(accel.BUILD_OPTIONS, "engine", {**accel.BUILD_OPTIONS["engine"], "max": "544x960"})
+    monkeypatch.setitem(fastpath.BUILD_OPTIONS, "engine", {**fastpath.BUILD_OPTIONS["engine"], "max": "544x960"})
     assert key() != base  # the engine profile
 
 
@@ -210,14 +203,14 @@ def test_fp16_onnx_is_written_once_and_gated_like_sr_export_writes_it(tmp_path, 
     """The FP16 ONNX the GPU forms run (here on ONNX Runtime CPU, which runs FP16 graphs too)."""
     pytest.importorskip("onnxconverter_common")
     ckpt = load_checkpoint(shipped_path("fsrcnn", 2))
-    forms = [accel.Candidate("onnxruntime-cpu-fp16", "onnxruntime", "fp16", provider="cpu"),
-             accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)]
-    monkeypatch.setattr(accel, "candidates_for", lambda *a, **k: (forms, []))
+    forms = [Candidate("onnxruntime-cpu-fp16", "onnxruntime", "fp16", provider="cpu"),
+             Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)]
+    monkeypatch.setattr(build, "candidates_for", lambda *a, **k: (forms, []))
     calls = []
-    real_fp16 = accel._export_fp16
-    monkeypatch.setattr(accel, "_export_fp16", lambda *a: calls.append(a) or real_fp16(*a))
+    real_fp16 = build._export_fp16
+    monkeypatch.setattr(build, "_export_fp16", lambda *a: calls.append(a) or real_fp16(*a))
     seen = {}
-    real_open = accel._open
+    real_open = build.open_candidate
 
     def open_form(candidate, ckpt, device, artifact, source):
         if candidate.backend == "onnxruntime":
@@ -229,10 +222,10 @@ def test_fp16_onnx_is_written_once_and_gated_like_sr_export_writes_it(tmp_path, 
             seen["precision"] = form.precision
         return form
 
-    monkeypatch.setattr(accel, "_open", open_form)
-    record = accel._build(ckpt, torch.device("cpu"), None, "fsrcnn x2")(tmp_path)
+    monkeypatch.setattr(build, "open_candidate", open_form)
+    record = build.build_entry(ckpt, torch.device("cpu"), None, "fsrcnn x2")(tmp_path)
     assert len(calls) == 1
-    assert seen["file"] == accel.ONNX_FP16_FILE and seen["meta"]["precision"] == "fp16"
+    assert seen["file"] == ONNX_FP16_FILE and seen["meta"]["precision"] == "fp16"
     assert seen["precision"] == "fp16"
     rows = {r["name"]: r for r in record["candidates"]}
     row = rows["onnxruntime-cpu-fp16"]
@@ -248,18 +241,18 @@ def test_fp16_onnx_is_written_once_and_gated_like_sr_export_writes_it(tmp_path, 
 
 def test_engine_build_failure_is_skipped_with_its_reason(tmp_path, monkeypatch):
     ckpt = load_checkpoint(shipped_path("fsrcnn", 2))
-    forms = [accel.Candidate("tensorrt-fp32", "tensorrt", "fp32"),
-             accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)]
-    monkeypatch.setattr(accel, "candidates_for", lambda *a, **k: (forms, []))
+    forms = [Candidate("tensorrt-fp32", "tensorrt", "fp32"),
+             Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)]
+    monkeypatch.setattr(build, "candidates_for", lambda *a, **k: (forms, []))
     built = []
 
     def no_engine(ckpt, onnx_path, engine_path, source):
         built.append((onnx_path.name, engine_path.name))
         raise ExportError("TensorRT failed to build an engine (out of workspace)")
 
-    monkeypatch.setattr(accel, "_engine", no_engine)
-    record = accel._build(ckpt, torch.device("cpu"), "fp32", "fsrcnn x2")(tmp_path)
-    assert built == [(accel.ONNX_FILE, "model_fp32.engine")]  # the engine is built from the FP32 ONNX
+    monkeypatch.setattr(build, "_engine", no_engine)
+    record = build.build_entry(ckpt, torch.device("cpu"), "fp32", "fsrcnn x2")(tmp_path)
+    assert built == [(ONNX_FILE, "model_fp32.engine")]  # the engine is built from the FP32 ONNX
     rows = {r["name"]: r for r in record["candidates"]}
     assert rows["tensorrt-fp32"]["status"] == "skipped"
     assert "cannot build the engine: TensorRT failed" in rows["tensorrt-fp32"]["reason"]
@@ -267,21 +260,21 @@ def test_engine_build_failure_is_skipped_with_its_reason(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # the unused ONNX is not kept
     # With --backend tensorrt the same failure is an error, not a fall back to torch.
     only_trt = forms[:1]
-    monkeypatch.setattr(accel, "candidates_for", lambda *a, **k: (only_trt, []))
+    monkeypatch.setattr(build, "candidates_for", lambda *a, **k: (only_trt, []))
     (tmp_path / "again").mkdir()
     with pytest.raises(BackendUnavailableError, match="--backend tensorrt: no form.*TensorRT failed"):
-        accel._build(ckpt, torch.device("cpu"), "fp32", "fsrcnn x2", backend="tensorrt")(tmp_path / "again")
+        build.build_entry(ckpt, torch.device("cpu"), "fp32", "fsrcnn x2", backend="tensorrt")(tmp_path / "again")
 
 
 def test_engine_profile_is_aligned_and_holds_the_gate_inputs():
     from sr_runtime.export.profile import ShapeProfile
 
     ckpt = load_checkpoint(shipped_path("fsrcnn", 2))
-    profile = accel._engine_profile(ckpt)
+    profile = build._engine_profile(ckpt)
     assert isinstance(profile, ShapeProfile)
     profile.validate(ckpt.spec)
     assert profile.batch[2] >= 2  # the gate's batch of two
-    assert profile.min[0] <= accel._aligned(37, ckpt) and profile.max[1] >= 1920
+    assert profile.min[0] <= align_size(37, ckpt.spec) and profile.max[1] >= 1920
 
 
 # --- on a GPU -------------------------------------------------------------------------------------
@@ -314,7 +307,7 @@ def test_auto_path_builds_a_tensorrt_fp16_engine_that_passes_parity(fast, photo_
             import shutil
 
             shutil.rmtree(p)
-    create_backend("fsrcnn", scale=2, device="cuda").close()
+    fastpath.load_backend("fsrcnn", RuntimeOptions(device="cuda"), scale=2).close()
     _, record = _entry(fast)
     first = [r for r in record["candidates"] if r.get("backend")][0]
     assert first["name"] == "tensorrt-fp16" and first["status"] == "passed", first
@@ -324,7 +317,7 @@ def test_auto_path_builds_a_tensorrt_fp16_engine_that_passes_parity(fast, photo_
 def test_auto_path_on_a_gpu_gates_onnxruntime_cuda_fp16_and_torch_fp16(fast):
     from sr_runtime.backends.onnxruntime import available_providers
 
-    backend = create_backend("fsrcnn", scale=2, device="cuda")
+    backend = fastpath.load_backend("fsrcnn", RuntimeOptions(device="cuda"), scale=2)
     backend.close()
     _, record = _entry(fast)
     rows = {r["name"]: r for r in record["candidates"]}
@@ -338,7 +331,7 @@ def test_auto_path_on_a_gpu_gates_onnxruntime_cuda_fp16_and_torch_fp16(fast):
 
 @pytest.mark.gpu
 def test_compile_on_a_gpu_picks_a_compiled_torch_form(fast):
-    backend = create_backend("fsrcnn", scale=2, device="cuda", compile=True)
+    backend = fastpath.load_backend("fsrcnn", RuntimeOptions(device="cuda", compile=True), scale=2)
     try:
         assert isinstance(backend, TorchBackend) and backend.compiled
     finally:

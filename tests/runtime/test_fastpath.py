@@ -1,4 +1,4 @@
-"""The automatic fast path (sr_runtime.accel) and its cache (sr_runtime.cache)."""
+"""The automatic fast path (sr_runtime.fastpath) and its cache (sr_runtime.fastpath.cache)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from sr_runtime import accel, cache
+from sr_runtime import fastpath
 from sr_runtime.backends import create_backend
 from sr_runtime.backends.base import Backend
 from sr_runtime.backends.torch import TorchBackend
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.errors import BackendUnavailableError
+from sr_runtime.fastpath import build, cache
+from sr_runtime.fastpath.candidates import Candidate, candidates_for
+from sr_runtime.fastpath.probe import QUALITY_TOLERANCE_DB
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.upscaler import Upscaler
 from sr_runtime.zoo import shipped_path
 
@@ -26,24 +30,15 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 
-@pytest.fixture
-def fast(monkeypatch, tmp_path):
-    """The fast path on, with an empty cache of its own."""
-    monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
-    root = tmp_path / "cache"
-    monkeypatch.setenv("SR_RUNTIME_CACHE", str(root))
-    return root
-
-
 @pytest.fixture(scope="module")
 def built_cache(tmp_path_factory):
     """One cold build of the shipped FSRCNN x2 on the CPU, shared by the tests that only read it."""
-    root = tmp_path_factory.mktemp("accel") / "cache"
+    root = tmp_path_factory.mktemp("fastpath") / "cache"
     mp = pytest.MonkeyPatch()
     mp.setenv("SR_RUNTIME_ACCEL", "1")
     mp.setenv("SR_RUNTIME_CACHE", str(root))
     try:
-        backend = create_backend("fsrcnn", scale=2, device="cpu")
+        backend = fastpath.load_backend("fsrcnn", RuntimeOptions(device="cpu"), scale=2)
         backend.close()
     finally:
         mp.undo()
@@ -62,7 +57,7 @@ def test_default_checkpoint_runs_its_fastest_checked_form_and_caches_it(built_ca
     # Second run: a cache hit, no export.
     monkeypatch.setenv("SR_RUNTIME_ACCEL", "1")
     monkeypatch.setenv("SR_RUNTIME_CACHE", str(built_cache))
-    monkeypatch.setattr(accel, "_export", lambda *a: pytest.fail("a cache hit must not export"))
+    monkeypatch.setattr(build, "_export", lambda *a: pytest.fail("a cache hit must not export"))
     caplog.set_level(logging.INFO, logger="sr_runtime")
     img = np.ascontiguousarray(photo_rgb_u8[150:214, 200:280])
     with Upscaler("fsrcnn", scale=2, device="cpu", tile=0) as fast, \
@@ -78,22 +73,22 @@ def test_cache_key_changes_with_every_input(tmp_path, monkeypatch):
     path = shipped_path("fsrcnn", 2)
     ckpt = load_checkpoint(path)
     cpu = torch.device("cpu")
-    base = cache.cache_key(accel.key_inputs(path, ckpt, cpu, None))
-    assert cache.cache_key(accel.key_inputs(path, ckpt, cpu, None)) == base  # stable
+    base = cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None))
+    assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) == base  # stable
     other = tmp_path / "other.safetensors"
     other.write_bytes(path.read_bytes() + b" ")
-    assert cache.cache_key(accel.key_inputs(other, ckpt, cpu, None)) != base  # checkpoint bytes
-    assert cache.cache_key(accel.key_inputs(path, ckpt, cpu, "fp32")) != base  # precision request
-    monkeypatch.setitem(accel.BUILD_OPTIONS, "opset", 18)
-    assert cache.cache_key(accel.key_inputs(path, ckpt, cpu, None)) != base  # export options
+    assert cache.cache_key(fastpath.key_inputs(other, ckpt, cpu, None)) != base  # checkpoint bytes
+    assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, "fp32")) != base  # precision request
+    monkeypatch.setitem(fastpath.BUILD_OPTIONS, "opset", 18)
+    assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base  # export options
     monkeypatch.undo()
     real_version = cache._version
     for lib in ("torch", "onnx", "onnxruntime", "openvino", "tensorrt"):
         monkeypatch.setattr(cache, "_version", lambda d, lib=lib: "0.0.1" if d == lib else real_version(d))
-        assert cache.cache_key(accel.key_inputs(path, ckpt, cpu, None)) != base, lib  # library versions
+        assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base, lib  # library versions
     monkeypatch.undo()
     monkeypatch.setattr(cache, "cpu_flags", lambda: {"avx2"})  # another CPU (no BF16)
-    assert cache.cache_key(accel.key_inputs(path, ckpt, cpu, None)) != base
+    assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base
 
 
 def _count_builds(counter: Path):
@@ -112,7 +107,7 @@ def test_corrupt_entry_is_reported_and_rebuilt(tmp_path, caplog):
     assert cache.get_or_build("k1", _count_builds(counter), cache_dir=tmp_path / "c").hit
     with open(entry.file("model.onnx"), "r+b") as f:  # truncated, as by a full disk or a killed copy
         f.truncate(10)
-    caplog.set_level(logging.WARNING, logger="sr_runtime.cache")
+    caplog.set_level(logging.WARNING, logger="sr_runtime.fastpath.cache")
     again = cache.get_or_build("k1", _count_builds(counter), cache_dir=tmp_path / "c")
     assert not again.hit and counter.read_text() == "2"
     assert "corrupt" in caplog.text and "model.onnx does not match its recorded sha256" in caplog.text
@@ -135,7 +130,7 @@ def test_two_processes_on_a_cold_cache_build_once_and_both_succeed(tmp_path):
         f"""
         import sys, time
         from pathlib import Path
-        from sr_runtime import cache
+        from sr_runtime.fastpath import cache
 
         def build(tmp):
             with open({str(tmp_path / "builds.log")!r}, "a") as log:
@@ -176,19 +171,19 @@ class _Zeros(Backend):
 
 
 def test_candidate_failing_parity_is_skipped_with_its_reason(fast, monkeypatch, caplog):
-    real_open = accel._open
+    real_open = build.open_candidate
 
     def open_form(candidate, ckpt, device, onnx_path, source):
         if candidate.backend == "onnxruntime":
             return _Zeros(ckpt.spec)
         return real_open(candidate, ckpt, device, onnx_path, source)
 
-    monkeypatch.setattr(accel, "_open", open_form)
-    monkeypatch.setattr(accel, "candidates_for", lambda device, precision, **kw: (
-        [accel.Candidate("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="cpu"),
-         accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
-    caplog.set_level(logging.INFO, logger="sr_runtime.accel")
-    backend = create_backend("fsrcnn", scale=2, device="cpu")
+    monkeypatch.setattr(build, "open_candidate", open_form)
+    monkeypatch.setattr(build, "candidates_for", lambda device, precision, **kw: (
+        [Candidate("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="cpu"),
+         Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
+    caplog.set_level(logging.INFO, logger="sr_runtime.fastpath")
+    backend = fastpath.load_backend("fsrcnn", RuntimeOptions(device="cpu"), scale=2)
     assert isinstance(backend, TorchBackend)
     assert "skipping onnxruntime-cpu-fp32: parity" in caplog.text and "below the 60 dB" in caplog.text
     (entry_dir,) = [p for p in fast.iterdir() if p.is_dir()]
@@ -218,13 +213,13 @@ class _Offset(Backend):
 def test_reduced_precision_needs_the_quality_margin(fast, monkeypatch, caplog, offset, kept):
     """An offset of 0.0008 keeps parity at 62 dB but costs 0.015 dB of PSNR against the ground truth:
     inside the 0.02 dB target, outside the gate's 0.01 dB margin, so it is refused; 0.0005 passes."""
-    monkeypatch.setattr(accel, "_open", lambda candidate, ckpt, *a: _Offset(ckpt, offset) if candidate.backend ==
-                        "openvino" else TorchBackend(ckpt.model, spec=ckpt.spec, device="cpu", precision="fp32"))
-    monkeypatch.setattr(accel, "candidates_for", lambda device, precision, **kw: (
-        [accel.Candidate("openvino-cpu-bf16", "openvino", "bf16"),
-         accel.Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
-    caplog.set_level(logging.INFO, logger="sr_runtime.accel")
-    create_backend("fsrcnn", scale=2, device="cpu")
+    monkeypatch.setattr(build, "open_candidate", lambda candidate, ckpt, *a: _Offset(ckpt, offset) if candidate.backend
+                        == "openvino" else TorchBackend(ckpt.model, spec=ckpt.spec, device="cpu", precision="fp32"))
+    monkeypatch.setattr(build, "candidates_for", lambda device, precision, **kw: (
+        [Candidate("openvino-cpu-bf16", "openvino", "bf16"),
+         Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False)], []))
+    caplog.set_level(logging.INFO, logger="sr_runtime.fastpath")
+    fastpath.load_backend("fsrcnn", RuntimeOptions(device="cpu"), scale=2)
     (entry_dir,) = [p for p in fast.iterdir() if p.is_dir()]
     row = {c["name"]: c for c in json.loads((entry_dir / "entry.json").read_text())["candidates"]}["openvino-cpu-bf16"]
     assert row["parity_db"] >= 45
@@ -236,21 +231,30 @@ def test_reduced_precision_needs_the_quality_margin(fast, monkeypatch, caplog, o
 
 
 def test_explicit_choices_never_fall_back(fast, tmp_path):
-    assert isinstance(create_backend("fsrcnn", scale=2, backend="torch", device="cpu"), TorchBackend)
-    assert isinstance(create_backend("fsrcnn", scale=2, channels_last=True, device="cpu"), TorchBackend)
+    load = fastpath.load_backend
+    assert isinstance(load("fsrcnn", RuntimeOptions(backend="torch", device="cpu"), scale=2), TorchBackend)
+    assert isinstance(load("fsrcnn", RuntimeOptions(channels_last=True, device="cpu"), scale=2), TorchBackend)
     with pytest.raises(BackendUnavailableError, match="cannot run a checkpoint"):
-        create_backend("fsrcnn", scale=2, backend="onnxruntime")
+        load("fsrcnn", RuntimeOptions(backend="onnxruntime"), scale=2)
     with pytest.raises(BackendUnavailableError):
-        create_backend("fsrcnn", scale=2, precision="fp16", device="cpu")
+        load("fsrcnn", RuntimeOptions(precision="fp16", device="cpu"), scale=2)
     assert not fast.exists() or list(fast.iterdir()) == []  # none of these built anything
 
 
+def test_the_backend_factory_never_builds(fast):
+    """create_backend opens what it is given: a checkpoint runs eagerly on torch, whatever the
+    environment says about the fast path, and nothing is exported or cached."""
+    with create_backend("fsrcnn", RuntimeOptions(device="cpu"), scale=2) as backend:
+        assert isinstance(backend, TorchBackend)
+    assert not fast.exists() or list(fast.iterdir()) == []
+
+
 def test_cpu_candidates_are_cpu_forms_only():
-    found, _skipped = accel.candidates_for(torch.device("cpu"), None)
+    found, _skipped = candidates_for(torch.device("cpu"), None)
     assert found[-1].name == "torch-cpu-fp32"  # the reference is always there
     assert all(c.backend != "torch" or c.precision == "fp32" for c in found)
     assert not [c for c in found if "cuda" in c.name]
-    only_fp32, _ = accel.candidates_for(torch.device("cpu"), "fp32")
+    only_fp32, _ = candidates_for(torch.device("cpu"), "fp32")
     assert {c.precision for c in only_fp32} == {"fp32"}
 
 
@@ -287,4 +291,4 @@ def test_sr_eval_through_the_default_path_matches_torch(built_cache, monkeypatch
         scores[backend] = out["psnr"]
         accelerated = "onnxruntime" in out["method"] or "openvino" in out["method"]
         assert accelerated == (backend == "auto"), out["method"]
-    assert abs(scores["auto"] - scores["torch"]) <= accel.QUALITY_TOLERANCE_DB
+    assert abs(scores["auto"] - scores["torch"]) <= QUALITY_TOLERANCE_DB
