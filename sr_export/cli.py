@@ -50,38 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shape", help="TensorRT profile: largest LR input HxW (default 1088x1920, lowered to fit)")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace limit in GiB (default 4)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="training runs searched for a model name")
-    p.add_argument("--cache-dir", type=Path, help="TensorRT timing and engine cache (default ~/.cache/sr-export)")
+    p.add_argument("--cache-dir", type=Path, help="TensorRT timing and engine cache "
+                   "(default: tensorrt/ in $SR_RUNTIME_CACHE or ~/.cache/sr_runtime)")
     p.add_argument("--parity-dir", type=Path, help="extra PNG images for the parity check (default: Set5 if found)")
     p.add_argument("--no-slim", action="store_true", help="skip onnxslim")
     p.add_argument("-v", "--verbose", action="store_true", help="log every parity image")
     return p
 
 
+_AS_GIVEN = ("model", "scale", "fp16", "fp16_io", "out", "opset", "batch", "runs_dir", "cache_dir")
+"""ExportRequest fields that the option of the same name fills as it is."""
+_SHAPES = ("min_shape", "opt_shape", "max_shape")
+"""ExportRequest fields filled from an ``HxW`` option of the same name."""
+
+
 def _request_from_args(args: argparse.Namespace) -> ExportRequest:
-    formats = None
+    fields = {name: getattr(args, name) for name in _AS_GIVEN}
+    for name in _SHAPES:
+        text = getattr(args, name)
+        fields[name] = parse_hw(text, flag="--" + name.replace("_", "-")) if text else None
     if args.format is not None:
-        formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    kwargs = {}
+        fields["formats"] = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if args.parity_dir is not None:
-        kwargs["parity_dir"] = args.parity_dir
-    return ExportRequest(
-        model=args.model,
-        scale=args.scale,
-        formats=formats,
-        fp16=args.fp16,
-        fp16_io=args.fp16_io,
-        out=args.out,
-        opset=args.opset,
-        batch=args.batch,
-        min_shape=parse_hw(args.min_shape, flag="--min-shape") if args.min_shape else None,
-        opt_shape=parse_hw(args.opt_shape, flag="--opt-shape") if args.opt_shape else None,
-        max_shape=parse_hw(args.max_shape, flag="--max-shape") if args.max_shape else None,
-        workspace_gib=args.workspace,
-        runs_dir=args.runs_dir,
-        cache_dir=args.cache_dir,
-        slim=not args.no_slim,
-        **kwargs,
-    )
+        fields["parity_dir"] = args.parity_dir
+    return ExportRequest(workspace_gib=args.workspace, slim=not args.no_slim, **fields)
 
 
 def _print_summary(result: ExportResult) -> None:
