@@ -1,9 +1,9 @@
 """Inference backends behind one interface (:class:`~sr_runtime.backends.base.Backend`): the one
 place that decides which backend runs a given model file, and the one that opens it.
 
-The backends open artifacts they are given and run them; they build nothing. Which form of a
-checkpoint is fastest, and building it (ONNX, FP16, TensorRT engines), is the fast path's job
-(:mod:`sr_runtime.fastpath`), which hands its artifacts to :func:`open_artifact`.
+The backends open artifacts they are given and run them; they build nothing, and import nothing
+that does. Which form of a checkpoint is fastest, and building it (ONNX, FP16, TensorRT engines),
+is the fast path's job; it hands what it built to :func:`open_artifact`.
 
 What runs where (decided by what the user passes, never by silently switching):
 
@@ -243,8 +243,8 @@ def create_backend(
     """Load ``model`` (a model name, a checkpoint, an ``.onnx`` file, an OpenVINO IR or an
     ``.engine``) on the backend :func:`select_backend` decides from ``options``; logs the choice.
 
-    A checkpoint runs eagerly in PyTorch (its fastest form is :func:`sr_runtime.fastpath.load_backend`'s
-    job). ``options.precision``: None for the artifact's own (FP32 for checkpoints), or
+    A checkpoint runs eagerly in PyTorch (running it in its fastest form is the fast path's job,
+    which the Upscaler asks first). ``options.precision``: None for the artifact's own (FP32 for checkpoints), or
     ``fp32``/``fp16``; ``bf16`` on the openvino backend only. ``compile``, ``cuda_graphs``,
     ``channels_last``: torch backend options (an error elsewhere). ``scale``: required with a model
     name; checked against the file otherwise.

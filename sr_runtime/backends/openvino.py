@@ -11,8 +11,8 @@ fall back to FP32.
 
 The IOSpec comes from the ONNX ``io_spec`` metadata (sr-export writes it; OpenVINO exposes ONNX
 metadata as ``rt_info["framework"]`` and keeps it when the model is saved as IR), or from
-``rt_info["sr_runtime"]["io_spec"]`` (:func:`sr_runtime.export.openvino.save_ir` writes it, when it
-converts a model to IR), else from ``spec``/``scale``.
+``rt_info["sr_runtime"]["io_spec"]`` (written there when the export library converts a model to IR:
+``save_ir``), else from ``spec``/``scale``.
 ``openvino`` is imported only inside this module.
 """
 

@@ -8,10 +8,10 @@ TensorRT version and GPU (:func:`current_environment`).
 An engine runs only where it was built: same TensorRT version and same GPU. Beside every
 ``X.engine`` lies ``X.engine.json`` (:class:`EngineRecord`): the cache key, the ONNX sha256, the
 profile (LR input ``"HxW"`` min/opt/max and the batch range), the precision, the TensorRT version,
-the GPU name and the exact command that rebuilds it. The builder
-(:func:`sr_runtime.export.tensorrt_build.build_engine`) writes it; the TensorRT backend reads it and
-:func:`check_sidecar` raises :class:`~sr_runtime.errors.EngineMismatchError` when any of it does not
-match the machine at hand. ``tensorrt`` is imported inside the functions that need it.
+the GPU name and the exact command that rebuilds it. The engine builder of the export library
+writes it; the TensorRT backend reads it, and :func:`check_sidecar` raises
+:class:`~sr_runtime.errors.EngineMismatchError` when any of it does not match the machine at hand.
+``tensorrt`` is imported inside the functions that need it.
 """
 
 from __future__ import annotations
