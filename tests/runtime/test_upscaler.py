@@ -13,6 +13,7 @@ from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.color import image_to_tensor
 from sr_runtime.errors import InputError
 from sr_runtime.images import read_image, write_image
+from sr_runtime.options import RuntimeOptions
 from sr_runtime.resize import upscale_bicubic
 from sr_runtime.upscaler import Upscaler
 
@@ -99,6 +100,18 @@ def test_bad_constructor_arguments(ckpt):
         Upscaler(ckpt, tile=-1)
     with pytest.raises(InputError, match="batch"):
         Upscaler(ckpt, batch=0)
+
+
+def test_runtime_options_as_keywords_or_one_dataclass(ckpt, small_rgb_u8):
+    """The keywords build the same RuntimeOptions the CLI passes; a typo names the field meant."""
+    with Upscaler(ckpt, device="cpu", backend="torch", tile=0) as by_keywords, \
+            Upscaler(ckpt, options=RuntimeOptions(device="cpu", backend="torch"), tile=0) as by_options:
+        assert by_keywords.options == by_options.options == RuntimeOptions(backend="torch", device="cpu")
+        assert np.array_equal(by_keywords.upscale(small_rgb_u8), by_options.upscale(small_rgb_u8))
+    with pytest.raises(InputError, match="'devcie'; did you mean 'device'"):
+        Upscaler(ckpt, devcie="cpu")
+    with pytest.raises(InputError, match="not both"):
+        Upscaler(ckpt, options=RuntimeOptions(device="cpu"), backend="torch")
 
 
 def test_closed_upscaler_refuses_work(ckpt, small_rgb_u8):
