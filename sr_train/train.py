@@ -88,8 +88,10 @@ class _Budget:
         steps, seconds = step - self._mark[0], elapsed - self._mark[1]
         if self.planned:
             due = seconds >= max(self.REPLAN * self.seconds, 2.0)
-        else:  # a long calibration only delays the plan: at most 5% of the budget
-            due = steps >= self.CALIBRATE_STEPS and seconds >= min(self.CALIBRATE_SECONDS, 0.05 * self.seconds)
+        else:  # a long calibration only delays the plan: at most 5% of the budget, however slow the steps
+            cap = 0.05 * self.seconds
+            due = steps >= 3 and seconds >= min(self.CALIBRATE_SECONDS, cap) and (
+                steps >= self.CALIBRATE_STEPS or seconds >= cap)
         if not due or seconds <= 0:
             return None
         self._mark = (step, elapsed)
