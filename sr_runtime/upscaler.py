@@ -15,6 +15,7 @@ parallel); backends are not re-entrant. For parallel work use one Upscaler per t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import queue
@@ -159,7 +160,7 @@ class Upscaler:
                 raise InputError("give a model (name or file) or a scale to pick the default model")
             from sr_runtime.zoo import default_model
 
-            model = default_model(scale)
+            model = default_model(scale, runs_dir=runs_dir)
         if tile is not None and tile < 0:
             raise InputError(f"tile must be >= 0 (0 turns tiling off), got {tile}")
         if tile_overlap is not None and tile_overlap < 0:
@@ -203,6 +204,7 @@ class Upscaler:
         self.batch = batch
         self._fixed_tile: int | tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._model_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
         log.info(
             "upscaler: x%d, %s, tile %s, overlap %d px, batch %d",
             self.scale,
@@ -313,7 +315,7 @@ class Upscaler:
     def _run_plan(self, lr, write, tile, exact, peak, progress) -> None:
         run_tiled_adaptive(
             lr,
-            self.backend.run,
+            self._model_fn or self.backend.run,
             scale=self.scale,
             write=write,
             tile=tile,
@@ -349,6 +351,16 @@ class Upscaler:
             )
 
     # --- public API ------------------------------------------------------------------------------
+
+    def with_model_fn(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Upscaler:
+        """A view of this Upscaler (same backend, tiling and settings, its own lock) whose model calls go
+        to ``fn`` instead of the backend: a service runs one view per thread with ``fn`` batching the
+        tiles of concurrent requests (:class:`sr_runtime.serve.batcher.TileBatcher`). Close the original,
+        not the views."""
+        view = copy.copy(self)
+        view._lock = threading.Lock()
+        view._model_fn = fn
+        return view
 
     def upscale(self, image: np.ndarray | torch.Tensor, *, progress: ProgressFn | None = None):
         """Upscale one image.
