@@ -13,7 +13,7 @@ Steps, in order (``--steps`` picks a subset; the summary is always rewritten at 
 2. ``train``: ``sr-train --model edsr --scale 4`` (``python -m sr_train.cli``) on T91 + BSD200 with the
    GPU data pipeline (``data.device=cuda``), bf16 autocast and EMA, validated on Set5, for a wall-clock
    budget: a short calibration run measures steps/s, then the real run gets ``steps`` = rate x budget
-   (so the cosine schedule ends with the budget) and ``time_limit_min`` as a hard stop;
+   (so the cosine schedule ends with the budget) and ``time_budget`` to replan and stop on time;
 3. ``eval``: ``sr-eval`` (``python -m sr_runtime.eval_cli``) Set5/Set14/BSD100 x4 of that checkpoint;
 4. ``bench``: ``sr-bench`` (torch FP32, torch FP16 channels-last, ONNX Runtime FP16 where the CUDA
    provider exists; parity; video pipeline/inference/encode fps), ``scripts/gpu_bench_extra.py``
@@ -402,7 +402,7 @@ def step_train(step, args, ctx) -> None:
     step["planned_steps"] = steps
     entry = run.run(step, "train", _train_cmd(args, ctx, runs, "edsr_x4", {
         "steps": steps, "log_every": b["log_every"], "val_every": val_every, "ckpt_every": val_every,
-        "time_limit_min": round(budget * 1.05 / 60, 3)}), b["train_timeout"])
+        "time_budget": f"{max(1, round(budget))}s"}), b["train_timeout"])
     run_dir = runs / "edsr_x4"
     for name in ("best.safetensors", "log.csv", "config.yaml"):
         if (run_dir / name).is_file():

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a super-resolution checkpoint to ONNX (FP32/FP16) and TensorRT, "
         "verifying every artifact against PyTorch FP32 on real images.",
     )
-    p.add_argument("--model", required=True, help="model name (e.g. fsrcnn, edsr) or a checkpoint .safetensors path")
+    p.add_argument("--model", required=True, help="model name (e.g. edsr, fsrcnn: its best checkpoint by recorded validation "
+                   "score, shipped or trained) or a checkpoint .safetensors path")
     p.add_argument(
         "--scale", type=int, help=f"upscaling factor (default for a name: {DEFAULT_SCALE}; a path knows its own)"
     )

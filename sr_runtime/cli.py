@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, help="upscaling factor (needed with a model name; read from model files)")
     p.add_argument(
         "--model",
-        help="model name (fsrcnn, edsr, ...), checkpoint .safetensors, .onnx, .engine or OpenVINO .xml "
-        "(default: the best model shipped for --scale)",
+        help="model name (edsr, fsrcnn, ...), checkpoint .safetensors, .onnx, .engine or OpenVINO .xml. "
+        "Default: the best model for --scale by recorded Set5 PSNR. A name means its best checkpoint: the "
+        "shipped weights, or a training run under --runs-dir whose score on the same validation set beats "
+        "them (else one line names the run and how to use it: pass its path)",
     )
     p.add_argument("-o", "--output", help="output file (one input) or folder (default: beside each input)")
     g = p.add_argument_group("backend")

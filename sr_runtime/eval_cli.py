@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("data_dir", help="folder of HR images (e.g. Set5)")
     parser.add_argument("--scale", type=int, required=True, choices=range(1, 17), metavar="S", help="upscaling factor")
     method = parser.add_mutually_exclusive_group(required=True)
-    method.add_argument("--model", help="model name (newest run, else shipped weights) or checkpoint path")
+    method.add_argument("--model", help="model name (its best checkpoint by recorded validation score: shipped "
+                        "weights, or a training run that beats them on the same set) or checkpoint path")
     method.add_argument("--bicubic", action="store_true", help="evaluate MATLAB bicubic upscaling (the baseline)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: cpu)")

@@ -27,7 +27,8 @@ from sr_runtime.images import list_images, read_image
 from sr_runtime.metrics import psnr, ssim
 from sr_runtime.resize import imresize, make_lr, modcrop, quantize_u8
 
-__all__ = ["ImageScore", "EvalResult", "evaluate_folder", "score_image", "super_resolve", "load_model", "min_hr_size"]
+__all__ = ["ImageScore", "EvalResult", "evaluate_folder", "score_image", "super_resolve", "load_model", "min_hr_size",
+           "dataset_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,18 @@ def _load_hr(path: Path, scale: int, device: torch.device) -> torch.Tensor:
             f"{least}x{least} pixels after cropping to a multiple of {scale} (SSIM window after the border crop)"
         )
     return image_to_tensor(img.pixels, device=device, dtype=torch.float64)
+
+
+def dataset_fingerprint(folder: str | os.PathLike) -> str:
+    """``sha256:<16 hex>`` of a folder's images (names and bytes, sorted): two scores are comparable
+    only when they were measured on the same fingerprint. Raises InputError for a folder without images."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in list_images([folder]):
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def evaluate_folder(

@@ -45,7 +45,7 @@ from sr_train.data import (
 
 __all__ = [
     "Dist", "setup_dist", "resolve_device", "resolve_amp", "build_model", "load_data", "validate", "RunFiles", "EMA",
-    "Schedule",
+    "Schedule", "validation_set_record",
 ]
 
 log = logging.getLogger("sr_train")
@@ -146,6 +146,16 @@ def load_data(train_dirs: list[str] | None, val_dir: str | None) -> tuple[list[H
     else:
         val = load_hr_folder(val_dir)
     return train, val
+
+
+def validation_set_record(val_dir: str | None) -> dict[str, str]:
+    """What a recorded validation score was measured on: the folder, its name and its fingerprint.
+    Scores are compared (which model is the default) only between equal fingerprints."""
+    from sr_runtime.evaluate import dataset_fingerprint
+
+    if val_dir is None:
+        return {"val_data": "skimage:astronaut", "val_name": "astronaut", "val_set": "skimage:astronaut"}
+    return {"val_data": val_dir, "val_name": Path(val_dir).name, "val_set": dataset_fingerprint(val_dir)}
 
 
 def check_val_images(images: list[HRImage], scale: int) -> None:
