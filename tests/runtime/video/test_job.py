@@ -24,16 +24,10 @@ import sr_runtime
 from sr_runtime import progress as progress_mod
 from sr_runtime.errors import InputError, VideoError
 from sr_runtime.upscaler import Upscaler
-from sr_runtime.video import VideoWriter, probe_video
-from sr_runtime.videojob import (
-    MANIFEST,
-    JobInterrupted,
-    LocalRunner,
-    VideoJob,
-    job_dir_for,
-    plan_segments,
-    run_video,
-)
+from sr_runtime.video.job import MANIFEST, JobInterrupted, VideoJob, job_dir_for, plan_segments, run_video
+from sr_runtime.video.probe import probe_video
+from sr_runtime.video.runners import LocalRunner
+from sr_runtime.video.writer import VideoWriter
 
 RATE = 24
 ROOT = str(Path(sr_runtime.__file__).resolve().parents[1])

@@ -2,23 +2,24 @@
 
 A video is cut into segments of about ``segment_seconds`` (:func:`plan_segments`): each starts at a
 keyframe where one lies near the cut (else at the exact frame, decoded from the keyframe before it),
-is upscaled on its own into ``seg_NNNNN<suffix>`` in the job folder ``.NAME.srjob/`` beside the
-output, and is recorded with its sha256 in ``manifest.json`` (written atomically after each
-segment). The manifest also holds what the job depends on: the source's size and sha256, the model
-file's sha256, the scale and the backend and encoder options. When every segment is done they are
-joined by stream copy into the output (:func:`sr_runtime.video.join_segments`), which gets the
-source's audio and subtitles, metadata, chapters and display rotation once; the folder is removed.
+is upscaled on its own (:func:`sr_runtime.video.pipeline.upscale_segment`) into ``seg_NNNNN<suffix>``
+in the job folder ``.NAME.srjob/`` beside the output, and is recorded with its sha256 in
+``manifest.json`` (written atomically after each segment). The manifest also holds what the job
+depends on: the source's size and sha256, the model file's sha256, the scale and the backend and
+encoder options. When every segment is done they are joined by stream copy into the output
+(:func:`sr_runtime.video.join.join_segments`), which gets the source's audio and subtitles,
+metadata, chapters and display rotation once; the folder is removed.
 
 Running the same command again resumes at the first unfinished segment, trusting a finished one
 only if its file still has the recorded hash; a changed source, model or option discards the old
 job with a message naming what changed (``restart=True`` always starts afresh). A lock file keeps a
 second process off a job that is running. Segments are independent, so a runner
-(:mod:`sr_runtime.distributed`) can do them in several processes or on a Ray cluster; the job
+(:mod:`sr_runtime.video.runners`) can do them in several processes or on a Ray cluster; the job
 folder must then be on storage every worker can write.
 
-The single pass (:meth:`sr_runtime.upscaler.Upscaler.upscale_video`) stays for what segments cannot
+The single pass (:func:`sr_runtime.video.pipeline.upscale_video`) stays for what segments cannot
 serve: a video whose packets carry no timestamps (some AVI and raw streams), output containers
-other than MP4/MOV/MKV/WebM, and videos shorter than two segments.
+other than MP4/MOV/MKV/WebM, and videos shorter than two segments. :func:`run_video` picks one.
 """
 
 from __future__ import annotations
@@ -29,24 +30,29 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sr_runtime.atomic import atomic_write_text
 from sr_runtime.errors import InputError, SRError, VideoError
+from sr_runtime.video.join import join_segments
+from sr_runtime.video.pipeline import upscale_segment
+from sr_runtime.video.probe import VideoInfo, _open_input, probe_video
+from sr_runtime.video.runners import LocalRunner
 
 __all__ = [
     "SEGMENT_SUFFIXES",
     "JobInterrupted",
-    "LocalRunner",
     "Segment",
     "SegmentTask",
     "VideoJob",
     "job_dir_for",
+    "model_identity",
     "plan_segments",
     "run_segment",
+    "run_video",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,7 +92,7 @@ class SegmentTask:
     segment: Segment
     src: str
     part: str
-    info: Any
+    info: VideoInfo
     codec: str
     crf: int | None
     preset: str | None
@@ -102,8 +108,6 @@ def job_dir_for(dst: str | os.PathLike) -> Path:
 def plan_segments(path: str | os.PathLike, seconds: float) -> list[Segment] | None:
     """Cut ``path``'s video into segments of about ``seconds``, from a scan of its packets (no
     decoding). None when a packet has no timestamp (segments could not be told apart)."""
-    from sr_runtime.video import _open_input
-
     if seconds <= 0:
         raise InputError(f"segment length must be > 0 seconds, got {seconds}")
     container = _open_input(Path(path))
@@ -176,7 +180,8 @@ def run_segment(up, task: SegmentTask, progress: Callable[[int], None] | None = 
         if progress is not None:
             progress(done)
 
-    result = up.upscale_video_segment(
+    result = upscale_segment(
+        up,
         task.src,
         task.part,
         task.info,
@@ -191,31 +196,6 @@ def run_segment(up, task: SegmentTask, progress: Callable[[int], None] | None = 
         progress=report,
     )
     return {"index": seg.index, "frames": result.frames, "seconds": result.seconds}
-
-
-class LocalRunner:
-    """Runs the items in this process with one Upscaler, one at a time (the default)."""
-
-    workers = 1
-
-    def __init__(self, up) -> None:
-        self.up = up
-
-    def map(self, fn, items: Iterable, progress: Callable[[Any, int], None] | None = None) -> Iterator[tuple[Any, bool, Any]]:
-        """Yields ``(item, True, result)``, or ``(item, False, error)`` for an SRError of that item."""
-        for item in items:
-            try:
-                if progress is not None:
-                    result = fn(self.up, item, lambda done, item=item: progress(item, done))
-                else:
-                    result = fn(self.up, item)
-            except SRError as e:
-                yield item, False, e
-                continue
-            yield item, True, result
-
-    def close(self) -> None:
-        pass
 
 
 class _Lock:
@@ -358,14 +338,13 @@ class VideoJob:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def run(self, runner, info, *, codec: str, crf: int | None, preset: str | None, pix_fmt: str | None,
-            progress=None) -> int:
-        """Produce the missing segments with ``runner`` (:class:`LocalRunner` or one of
-        :mod:`sr_runtime.distributed`), join them into ``dst`` and remove the job folder; returns
-        the output's frame count. ``progress``: a :class:`sr_runtime.progress.Progress` (frames).
-        On an error or Ctrl-C the finished segments stay for a resume and the message says so."""
+    def run(self, runner, info: VideoInfo, *, codec: str, crf: int | None, preset: str | None,
+            pix_fmt: str | None, progress=None) -> int:
+        """Produce the missing segments with ``runner`` (one of :mod:`sr_runtime.video.runners`), join
+        them into ``dst`` and remove the job folder; returns the output's frame count. ``progress``: a
+        :class:`sr_runtime.progress.Progress` (frames). On an error or Ctrl-C the finished segments
+        stay for a resume and the message says so."""
         from sr_runtime.cache import sha256_file
-        from sr_runtime.video import join_segments
 
         try:
             for stray in self.dir.glob(".seg_*.partial*"):  # a segment being written when the last run died
@@ -495,7 +474,6 @@ def run_video(
     (default: here, with ``up``); ``model_sha256`` and ``options`` (backend, precision, tile...)
     identify the job for a resume. Returns ``(frames, seconds)``."""
     from sr_runtime.progress import Progress
-    from sr_runtime.video import probe_video
 
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
