@@ -6,9 +6,10 @@ is upscaled on its own (:func:`sr_runtime.video.pipeline.upscale_segment`) into 
 in the job folder ``.NAME.srjob/`` beside the output, and is recorded with its sha256 in
 ``manifest.json`` (written atomically after each segment). The manifest also holds what the job
 depends on: the source's size and sha256, the model file's sha256, the scale and the backend and
-encoder options. When every segment is done they are joined by stream copy into the output
-(:func:`sr_runtime.video.join.join_segments`), which gets the source's audio and subtitles,
-metadata, chapters and display rotation once; the folder is removed.
+encoder options. The source is read once before the first frame (:func:`sr_runtime.video.probe.scan_video`:
+its header, its packets' timestamps and its hash in one pass). When every segment is done they are
+joined by stream copy into the output (:func:`sr_runtime.video.join.join_segments`), which gets the
+source's audio and subtitles, metadata, chapters and display rotation once; the folder is removed.
 
 Running the same command again resumes at the first unfinished segment, trusting a finished one
 only if its file still has the recorded hash; a changed source, model or option discards the old
@@ -38,8 +39,8 @@ from typing import Any
 from sr_runtime.atomic import atomic_write_text
 from sr_runtime.errors import InputError, SRError, VideoError
 from sr_runtime.video.join import join_segments
-from sr_runtime.video.pipeline import upscale_segment
-from sr_runtime.video.probe import VideoInfo, _open_input, probe_video
+from sr_runtime.video.pipeline import upscale_segment, upscale_video
+from sr_runtime.video.probe import PacketIndex, VideoInfo, probe_video, scan_video
 from sr_runtime.video.runners import LocalRunner
 
 __all__ = [
@@ -105,32 +106,13 @@ def job_dir_for(dst: str | os.PathLike) -> Path:
     return dst.with_name(f".{dst.name}.srjob")
 
 
-def plan_segments(path: str | os.PathLike, seconds: float) -> list[Segment] | None:
-    """Cut ``path``'s video into segments of about ``seconds``, from a scan of its packets (no
-    decoding). None when a packet has no timestamp (segments could not be told apart)."""
+def plan_segments(packets: PacketIndex, seconds: float) -> list[Segment]:
+    """Cut a video stream whose packets are ``packets`` (:func:`sr_runtime.video.probe.scan_video`)
+    into segments of about ``seconds``."""
     if seconds <= 0:
         raise InputError(f"segment length must be > 0 seconds, got {seconds}")
-    container = _open_input(Path(path))
-    try:
-        stream = container.streams.video[0]
-        pts: list[int] = []
-        keys: list[int] = []
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                return None
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-        time_base = stream.time_base
-    finally:
-        container.close()
-    if not pts:
-        return None
-    pts.sort()
-    keys.sort()
-    step = seconds / float(time_base)
+    pts, keys = packets.pts, packets.keyframes
+    step = seconds / float(packets.time_base)
     slack = KEYFRAME_SLACK * step
     cuts = [0]
     target = pts[0] + step
@@ -230,8 +212,8 @@ class VideoJob:
     """A segmented upscale of ``src`` into ``dst``; see the module docstring.
 
     ``identity``: what the output depends on besides the source (model file hash, scale, backend
-    and encoder options); a job made with another identity is discarded. Call :meth:`prepare`,
-    then :meth:`run` when it returned segments (None: use the single pass).
+    and encoder options); a job made with another identity is discarded. Call :meth:`prepare`
+    (which sets :attr:`info`), then :meth:`run` when it returned segments (None: use the single pass).
     """
 
     def __init__(
@@ -251,30 +233,33 @@ class VideoJob:
         self.segments: list[Segment] = []
         self.done: dict[int, dict[str, Any]] = {}
         self.computed_frames = 0
+        self.info: VideoInfo | None = None
+        """The source's :class:`~sr_runtime.video.probe.VideoInfo`, once :meth:`prepare` has run."""
         self._lock = _Lock(self.dir / "lock", self.dst)
         self._record: dict[str, Any] = {}
 
     # --- setup ------------------------------------------------------------------------------------
 
     def prepare(self) -> list[Segment] | None:
-        """Plan the segments and open (or resume, or discard) the job folder. None when this video
-        is better done in a single pass (see the module docstring); nothing is created then."""
-        from sr_runtime.cache import sha256_file
-
+        """Read the source (once: header, packet timestamps and hash), plan the segments and open (or
+        resume, or discard) the job folder. None when this video is better done in a single pass
+        (see the module docstring); nothing is created then. Raises InputError, VideoError."""
         if self.src.resolve() == self.dst.resolve():
             raise InputError(f"{self.dst}: the output would overwrite the input; choose another name")
         if self.dst.suffix.lower() not in SEGMENT_SUFFIXES:
             log.info("%s: %s output is written in one pass (segments need %s)",
                      self.dst.name, self.dst.suffix, "/".join(SEGMENT_SUFFIXES))
+            self.info = probe_video(self.src)
             return None
-        segments = plan_segments(self.src, self.segment_seconds)
-        if segments is None:
+        scan = scan_video(self.src)
+        self.info = scan.info
+        if scan.packets is None:
             log.info("%s: packets without timestamps; written in one pass (no resume)", self.src.name)
             return None
+        segments = plan_segments(scan.packets, self.segment_seconds)
         if len(segments) < 2 and not self.dir.exists():
             return None
-        stat = self.src.stat()
-        source = {"name": self.src.name, "size": stat.st_size, "sha256": sha256_file(self.src)}
+        source = {"name": self.src.name, "size": self.src.stat().st_size, "sha256": scan.sha256}
         record = {
             "version": MANIFEST_VERSION,
             "source": source,
@@ -338,14 +323,16 @@ class VideoJob:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def run(self, runner, info: VideoInfo, *, codec: str, crf: int | None, preset: str | None,
-            pix_fmt: str | None, progress=None) -> int:
+    def run(self, runner, *, codec: str, crf: int | None, preset: str | None, pix_fmt: str | None,
+            progress=None) -> int:
         """Produce the missing segments with ``runner`` (one of :mod:`sr_runtime.video.runners`), join
         them into ``dst`` and remove the job folder; returns the output's frame count. ``progress``: a
         :class:`sr_runtime.progress.Progress` (frames). On an error or Ctrl-C the finished segments
         stay for a resume and the message says so."""
         from sr_runtime.cache import sha256_file
 
+        info = self.info
+        assert info is not None, "VideoJob.run before prepare"
         try:
             for stray in self.dir.glob(".seg_*.partial*"):  # a segment being written when the last run died
                 stray.unlink(missing_ok=True)
@@ -478,15 +465,19 @@ def run_video(
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
     encode = {"codec": codec, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
-    segments = job = None
+    job = None
     if segment_seconds:
         identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **encode}
         job = VideoJob(src, dst, identity=identity, segment_seconds=segment_seconds, restart=restart)
         segments = job.prepare()
-    info = probe_video(src)
-    with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
+        info = job.info
         if segments is None:
-            result = up.upscale_video(src, dst, **encode, progress=lambda done, total: bar.update_to(done))
+            job = None
+    else:
+        info = probe_video(src)
+    with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
+        if job is None:
+            result = upscale_video(up, src, dst, info=info, **encode, progress=lambda done, total: bar.update_to(done))
             return result.frames, time.perf_counter() - start
-        frames = job.run(runner or LocalRunner(up), info, **encode, progress=bar)
+        frames = job.run(runner or LocalRunner(up), **encode, progress=bar)
     return frames, time.perf_counter() - start

@@ -19,7 +19,7 @@ import pytest
 from sr_runtime.errors import InputError, VideoError
 from sr_runtime.upscaler import Upscaler
 from sr_runtime.video.job import MANIFEST, JobInterrupted, VideoJob, job_dir_for, plan_segments, run_video
-from sr_runtime.video.probe import probe_video
+from sr_runtime.video.probe import scan_video
 from sr_runtime.video.runners import LocalRunner
 from sr_runtime.video.writer import VideoWriter
 from tests.runtime.video.clips import COMMON, audio_packets, check_output, make_clip, rotation_of, sr_run, video_frames
@@ -36,6 +36,10 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
 
 
+def plan(path: Path, seconds: float):
+    return plan_segments(scan_video(path).packets, seconds)
+
+
 def lossless(**kw):
     return {"codec": "libx264", "crf": 0, "preset": "ultrafast", **kw}
 
@@ -44,7 +48,7 @@ def lossless(**kw):
 
 
 def test_segments_start_at_keyframes_and_cover_every_frame_once(clip):
-    segments = plan_segments(clip, 0.5)
+    segments = plan(clip, 0.5)
     assert [s.first_frame for s in segments] == [0, 12, 24, 36]  # the keyframes
     assert all(s.seek_pts == s.start_pts for s in segments), "each starts at its keyframe"
     assert [s.end_pts for s in segments] == [s.start_pts for s in segments[1:]] + [None]
@@ -53,7 +57,7 @@ def test_segments_start_at_keyframes_and_cover_every_frame_once(clip):
 
 def test_without_keyframes_near_the_cut_segments_cut_at_the_frame_and_seek_back(tmp_path):
     src = make_clip(tmp_path / "one_gop.mp4", frames=38, gop=1000, audio=False)
-    segments = plan_segments(src, 0.5)
+    segments = plan(src, 0.5)
     assert [s.first_frame for s in segments] == [0, 12, 24]  # the tail 36, 37 (< a quarter) joins the last
     assert all(s.seek_pts == 0 for s in segments), "decoded from the only keyframe"
     assert [s.frames for s in segments] == [12, 12, 14]
@@ -61,8 +65,8 @@ def test_without_keyframes_near_the_cut_segments_cut_at_the_frame_and_seek_back(
 
 def test_a_cut_moves_to_a_keyframe_within_a_quarter_segment(tmp_path):
     src = make_clip(tmp_path / "gop10.mp4", frames=60, gop=10, audio=False)
-    assert [s.first_frame for s in plan_segments(src, 0.5)] == [0, 10, 20, 30, 40, 50]
-    assert [s.first_frame for s in plan_segments(src, 1.0)] == [0, 20, 40]
+    assert [s.first_frame for s in plan(src, 0.5)] == [0, 10, 20, 30, 40, 50]
+    assert [s.first_frame for s in plan(src, 1.0)] == [0, 20, 40]
 
 
 # --- the join equals the single pass ----------------------------------------------------------------
@@ -133,7 +137,7 @@ def start_and_interrupt(up, src, dst, n, identity):
     job = VideoJob(src, dst, identity=identity, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(JobInterrupted, match=r"2 of 4 segments are kept in .*run the same command again"):
-        job.run(StopAfter(up, n), probe_video(src), **lossless(pix_fmt=None))
+        job.run(StopAfter(up, n), **lossless(pix_fmt=None))
     assert not dst.exists() and job.dir.is_dir()
     return job
 
@@ -144,7 +148,7 @@ def test_ctrl_c_keeps_segments_and_the_next_run_resumes(tmp_path, up, clip, capl
     caplog.set_level(logging.INFO)
     job = VideoJob(clip, dst, identity={"crf": 0}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), **lossless(pix_fmt=None))
     assert "resuming out.mp4: 2 of 4 segments done (24 of 48 frames); continuing at segment 2" in caplog.text
     assert job.computed_frames == 24
     assert len(video_frames(dst)[0]) == 48 and not job.dir.exists()
@@ -186,7 +190,7 @@ def test_a_damaged_finished_segment_is_done_again(tmp_path, up, clip, caplog):
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     assert sorted(job.done) == [0] and "segment 1's file is missing or damaged" in caplog.text
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), **lossless(pix_fmt=None))
     assert job.computed_frames == 36 and len(video_frames(dst)[0]) == 48
 
 
@@ -220,7 +224,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(VideoError, match=r"no space left on the device.*2 of 4 segments are kept"):
-        job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+        job.run(LocalRunner(up), **lossless(pix_fmt=None))
     assert sum(computed) <= 24 + 6, "stopped within a few frames of the write error"
     assert sorted(p.name for p in job.dir.iterdir()) == ["lock", MANIFEST, "seg_00000.mp4", "seg_00001.mp4"]
     assert sorted(json.loads((job.dir / MANIFEST).read_text())["done"]) == ["0", "1"]
@@ -228,7 +232,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     monkeypatch.setattr(VideoWriter, "_mux", real_mux)
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), **lossless(pix_fmt=None))
     assert job.computed_frames == 24 and len(video_frames(dst)[0]) == 48
 
 
@@ -269,7 +273,7 @@ def test_cuts_between_keyframes_decode_from_the_keyframe_before_and_drop_its_fra
     """One keyframe only: every segment after the first seeks back to frame 0 and must drop the frames
     before its start, or they would appear twice in the output."""
     src = make_clip(tmp_path / "one_gop.mp4", frames=38, gop=1000)
-    assert all(s.seek_pts == 0 for s in plan_segments(src, 0.5))
+    assert all(s.seek_pts == 0 for s in plan(src, 0.5))
     single, segmented = tmp_path / "single.mp4", tmp_path / "segmented.mp4"
     up.upscale_video(src, single, **lossless())
     run_video(up, src, segmented, segment_seconds=0.5, quiet=True, **lossless())
