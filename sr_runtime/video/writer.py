@@ -335,7 +335,10 @@ class VideoWriter:
         """
         if len(frames) != len(infos):
             raise InputError(f"{len(frames)} frames but {len(infos)} frame infos")
-        item = _Batch(frames, infos, wait, release)
+        self._put(_Batch(frames, infos, wait, release))
+
+    def _put(self, item) -> None:
+        """Queue ``item`` for the encode thread, raising its error while the queue is full."""
         while True:
             self.check()
             try:
@@ -412,13 +415,7 @@ class VideoWriter:
         """Flush the encoder, copy the remaining audio/subtitle packets, rename into place; returns ``dst``."""
         if self._closed:
             return self.dst
-        while True:
-            self.check()
-            try:
-                self._queue.put(_END, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        self._put(_END)
         self._thread.join()
         try:
             self.check()
