@@ -11,7 +11,6 @@ one message. Knows nothing about models.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -28,8 +27,6 @@ from sr_runtime.video.writer import (
 
 __all__ = ["join_segments"]
 
-log = logging.getLogger(__name__)
-
 
 def join_segments(
     parts: list[Path],
@@ -43,10 +40,10 @@ def join_segments(
     subtitle streams, metadata and chapters copied once and ``display_matrix`` set on the video stream.
 
     Packets keep their timestamps. Where a segment's first decode timestamps fall at or before the
-    previous segment's last (the encoder's B-frame delay restarts at each segment), they are moved
-    up by one tick each, which leaves every presentation timestamp as it was. Written to a temporary
-    file and renamed; returns the number of video packets. Raises VideoError (segments encoded
-    differently, or a write error such as a full disk).
+    previous segment's last (the encoder's B-frame delay restarts at each segment), or are missing
+    (Matroska stores none), they are set one tick after it, which leaves every presentation timestamp
+    as it was. Written to a temporary file and renamed; returns the number of video packets. Raises
+    VideoError (segments encoded differently, or a write error such as a full disk).
     """
     dst = Path(dst)
     if not parts:
@@ -128,6 +125,10 @@ class _SegmentMuxer:
             container.close()
 
     def _keep_decode_order(self, packet, part: Path, n: int) -> None:
+        if packet.dts is None and self.last_dts is not None:
+            # Matroska stores no decode timestamps: its demuxer leaves them out for the packets a
+            # B-frame delay puts first, and the muxer would derive ones that go back in time here.
+            packet.dts = self.last_dts
         if packet.dts is not None and self.last_dts is not None and packet.dts <= self.last_dts:
             moved = self.last_dts + 1
             if packet.pts is not None and moved > packet.pts:
