@@ -443,8 +443,9 @@ class Upscaler:
         Raises InputError, VideoError.
         """
         from sr_runtime.video.pipeline import upscale_video
+        from sr_runtime.video.writer import Encoding
 
-        return upscale_video(self, src, dst, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress)
+        return upscale_video(self, src, dst, encoding=Encoding(codec, crf, preset, pix_fmt), progress=progress)
 
     def run_tiled(
         self, lr: torch.Tensor, write: Callable, *, peak: float | None, progress: ProgressFn | None = None

@@ -21,10 +21,11 @@ from sr_runtime.video.pipeline import upscale_segment, upscale_video
 from sr_runtime.video.probe import VIDEO_SUFFIXES, VideoInfo, is_video, probe_video, scan_video
 from sr_runtime.video.reader import FrameInfo, VideoReader
 from sr_runtime.video.runners import LocalRunner, ProcessRunner, RayRunner
-from sr_runtime.video.writer import VideoWriter, check_encoder, default_pix_fmt
+from sr_runtime.video.writer import Encoding, VideoWriter, check_encoder, default_pix_fmt
 
 __all__ = [
     "VIDEO_SUFFIXES",
+    "Encoding",
     "FrameInfo",
     "JobInterrupted",
     "LocalRunner",

@@ -42,19 +42,10 @@ from sr_runtime.video.join import join_segments
 from sr_runtime.video.pipeline import upscale_segment, upscale_video
 from sr_runtime.video.probe import PacketIndex, VideoInfo, probe_video, scan_video
 from sr_runtime.video.runners import LocalRunner
+from sr_runtime.video.writer import Encoding
 
-__all__ = [
-    "SEGMENT_SUFFIXES",
-    "JobInterrupted",
-    "Segment",
-    "SegmentTask",
-    "VideoJob",
-    "job_dir_for",
-    "model_identity",
-    "plan_segments",
-    "run_segment",
-    "run_video",
-]
+__all__ = ["SEGMENT_SUFFIXES", "JobInterrupted", "Segment", "SegmentTask", "VideoJob", "job_dir_for", "model_identity",
+           "plan_segments", "run_segment", "run_video"]
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +85,7 @@ class SegmentTask:
     src: str
     part: str
     info: VideoInfo
-    codec: str
-    crf: int | None
-    preset: str | None
-    pix_fmt: str | None
+    encoding: Encoding
 
 
 def job_dir_for(dst: str | os.PathLike) -> Path:
@@ -171,10 +159,7 @@ def run_segment(up, task: SegmentTask, progress: Callable[[int], None] | None = 
         end_pts=seg.end_pts,
         seek_pts=seg.seek_pts,
         first_index=seg.first_frame,
-        codec=task.codec,
-        crf=task.crf,
-        preset=task.preset,
-        pix_fmt=task.pix_fmt,
+        encoding=task.encoding,
         progress=report,
     )
     return {"index": seg.index, "frames": result.frames, "seconds": result.seconds}
@@ -323,10 +308,9 @@ class VideoJob:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def run(self, runner, *, codec: str, crf: int | None, preset: str | None, pix_fmt: str | None,
-            progress=None) -> int:
-        """Produce the missing segments with ``runner`` (one of :mod:`sr_runtime.video.runners`), join
-        them into ``dst`` and remove the job folder; returns the output's frame count. ``progress``: a
+    def run(self, runner, encoding: Encoding, *, progress=None) -> int:
+        """Produce the missing segments with ``runner`` (one of :mod:`sr_runtime.video.runners`) and
+        ``encoding`` (the one in the identity), join them into ``dst`` and remove the job folder; returns the output's frame count. ``progress``: a
         :class:`sr_runtime.progress.Progress` (frames). On an error or Ctrl-C the finished segments
         stay for a resume and the message says so."""
         from sr_runtime.cache import sha256_file
@@ -352,7 +336,7 @@ class VideoJob:
                 progress.set_total(total)
                 progress.update_to(done_frames)
             tasks = [
-                SegmentTask(s, str(self.src), str(self.part(s.index)), info, codec, crf, preset, pix_fmt) for s in todo
+                SegmentTask(s, str(self.src), str(self.part(s.index)), info, encoding) for s in todo
             ]
             running: dict[int, int] = {}
 
@@ -464,10 +448,10 @@ def run_video(
 
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
-    encode = {"codec": codec, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
+    encoding = Encoding(codec, crf, preset, pix_fmt)
     job = None
     if segment_seconds:
-        identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **encode}
+        identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **asdict(encoding)}
         job = VideoJob(src, dst, identity=identity, segment_seconds=segment_seconds, restart=restart)
         segments = job.prepare()
         info = job.info
@@ -477,7 +461,8 @@ def run_video(
         info = probe_video(src)
     with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
         if job is None:
-            result = upscale_video(up, src, dst, info=info, **encode, progress=lambda done, total: bar.update_to(done))
+            result = upscale_video(up, src, dst, info=info, encoding=encoding,
+                                   progress=lambda done, total: bar.update_to(done))
             return result.frames, time.perf_counter() - start
-        frames = job.run(runner or LocalRunner(up), **encode, progress=bar)
+        frames = job.run(runner or LocalRunner(up), encoding, progress=bar)
     return frames, time.perf_counter() - start

@@ -27,7 +27,7 @@ from sr_runtime.tiling import ProgressFn
 from sr_runtime.upscaler import VideoResult
 from sr_runtime.video.probe import VideoInfo, probe_video
 from sr_runtime.video.reader import VideoReader
-from sr_runtime.video.writer import VideoWriter, default_pix_fmt
+from sr_runtime.video.writer import Encoding, VideoWriter, default_pix_fmt
 
 if TYPE_CHECKING:
     from sr_runtime.upscaler import Upscaler
@@ -43,23 +43,20 @@ def upscale_video(
     dst: str | os.PathLike,
     *,
     info: VideoInfo | None = None,
-    codec: str = "libx264",
-    crf: int | None = 18,
-    preset: str | None = None,
-    pix_fmt: str | None = None,
+    encoding: Encoding | None = None,
     progress: ProgressFn | None = None,
 ) -> VideoResult:
     """Upscale every frame of ``src`` with ``up`` (an :class:`~sr_runtime.upscaler.Upscaler`) into
     ``dst``, as :meth:`~sr_runtime.upscaler.Upscaler.upscale_video` documents; ``info``:
-    :func:`~sr_runtime.video.probe.probe_video` of ``src`` when the caller has it (else it is probed).
-    Raises InputError, VideoError."""
+    :func:`~sr_runtime.video.probe.probe_video` of ``src`` when the caller has it (else it is probed);
+    ``encoding`` None: the defaults of :class:`~sr_runtime.video.writer.Encoding`. Raises InputError,
+    VideoError."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise InputError(f"{dst}: the output would overwrite the input; choose another name")
     if info is None:
         info = probe_video(src)
-    return _run(up, src, dst, info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress,
-                whole=True)
+    return _run(up, src, dst, info, encoding or Encoding(), progress, whole=True)
 
 
 def upscale_segment(
@@ -72,10 +69,7 @@ def upscale_segment(
     end_pts: int | None,
     seek_pts: int | None,
     first_index: int = 0,
-    codec: str = "libx264",
-    crf: int | None = 18,
-    preset: str | None = None,
-    pix_fmt: str | None = None,
+    encoding: Encoding | None = None,
     progress: ProgressFn | None = None,
 ) -> VideoResult:
     """Upscale the frames of ``src`` with ``start_pts <= pts < end_pts`` (``end_pts`` None: to the
@@ -84,21 +78,21 @@ def upscale_segment(
     (:mod:`sr_runtime.video.job`), joined by :func:`~sr_runtime.video.join.join_segments`, which adds
     the audio and the display matrix. Written atomically, as :func:`upscale_video`."""
     return _run(
-        up, Path(src), Path(dst), info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress,
-        whole=False, reader_range={"start_pts": start_pts, "end_pts": end_pts, "seek_pts": seek_pts,
-                                   "first_index": first_index},
+        up, Path(src), Path(dst), info, encoding or Encoding(), progress, whole=False,
+        reader_range={"start_pts": start_pts, "end_pts": end_pts, "seek_pts": seek_pts, "first_index": first_index},
     )
 
 
 def _run(
-    up: Upscaler, src: Path, dst: Path, info: VideoInfo, *, codec, crf, preset, pix_fmt, progress, whole: bool,
-    reader_range: dict | None = None,
+    up: Upscaler, src: Path, dst: Path, info: VideoInfo, encoding: Encoding, progress: ProgressFn | None, *,
+    whole: bool, reader_range: dict | None = None,
 ) -> VideoResult:
     """Decode, upscale and encode ``src`` (or a range of it) into ``dst``; ``whole``: the entire
     video with its audio/subtitles and display matrix, else a video-only segment."""
     start = time.perf_counter()
     s = up.scale
-    pix_fmt = pix_fmt or default_pix_fmt(codec, info.pix_fmt)
+    codec = encoding.codec
+    pix_fmt = encoding.pix_fmt or default_pix_fmt(codec, info.pix_fmt)
     total = info.frames if whole else 0
     with VideoWriter(
         dst,
@@ -109,8 +103,8 @@ def _run(
         source=src if whole else None,
         codec=codec,
         pix_fmt=pix_fmt,
-        crf=crf,
-        preset=preset,
+        crf=encoding.crf,
+        preset=encoding.preset,
         color=info.color,
         display_matrix=info.display_matrix if whole else None,
     ) as writer, VideoReader(

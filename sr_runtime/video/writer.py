@@ -38,7 +38,7 @@ from sr_runtime.errors import InputError, VideoError
 from sr_runtime.video.probe import _COLOR_RANGES, _SWS_COLORSPACES, _av, _bit_depth, _open_input
 from sr_runtime.video.reader import FrameInfo
 
-__all__ = ["VideoWriter", "check_encoder", "default_pix_fmt"]
+__all__ = ["Encoding", "VideoWriter", "check_encoder", "default_pix_fmt"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,19 @@ _WRITE_ERRORS = {
     errno.EIO: "input/output error on the device",
 }
 
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The encoder settings of an output video (what ``sr-run --codec --crf --preset --pix-fmt`` set)."""
+
+    codec: str = "libx264"
+    """``libx264``, ``libx265``, ``h264_nvenc``, ``hevc_nvenc``... (checked before anything is written)."""
+    crf: int | None = 18
+    """Constant rate factor (NVENC: cq); None for the encoder's default."""
+    preset: str | None = None
+    pix_fmt: str | None = None
+    """None: the input's when the encoder takes it, else ``yuv420p`` (:func:`default_pix_fmt`)."""
 
 
 def _subsampling(pix_fmt: str) -> tuple[bool, bool]:

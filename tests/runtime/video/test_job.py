@@ -21,7 +21,7 @@ from sr_runtime.upscaler import Upscaler
 from sr_runtime.video.job import MANIFEST, JobInterrupted, VideoJob, job_dir_for, plan_segments, run_video
 from sr_runtime.video.probe import scan_video
 from sr_runtime.video.runners import LocalRunner
-from sr_runtime.video.writer import VideoWriter
+from sr_runtime.video.writer import Encoding, VideoWriter
 from tests.runtime.video.clips import COMMON, audio_packets, check_output, make_clip, rotation_of, sr_run, video_frames
 
 
@@ -137,7 +137,7 @@ def start_and_interrupt(up, src, dst, n, identity):
     job = VideoJob(src, dst, identity=identity, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(JobInterrupted, match=r"2 of 4 segments are kept in .*run the same command again"):
-        job.run(StopAfter(up, n), **lossless(pix_fmt=None))
+        job.run(StopAfter(up, n), Encoding(**lossless(pix_fmt=None)))
     assert not dst.exists() and job.dir.is_dir()
     return job
 
@@ -148,7 +148,7 @@ def test_ctrl_c_keeps_segments_and_the_next_run_resumes(tmp_path, up, clip, capl
     caplog.set_level(logging.INFO)
     job = VideoJob(clip, dst, identity={"crf": 0}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert "resuming out.mp4: 2 of 4 segments done (24 of 48 frames); continuing at segment 2" in caplog.text
     assert job.computed_frames == 24
     assert len(video_frames(dst)[0]) == 48 and not job.dir.exists()
@@ -190,7 +190,7 @@ def test_a_damaged_finished_segment_is_done_again(tmp_path, up, clip, caplog):
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     assert sorted(job.done) == [0] and "segment 1's file is missing or damaged" in caplog.text
-    job.run(LocalRunner(up), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert job.computed_frames == 36 and len(video_frames(dst)[0]) == 48
 
 
@@ -224,7 +224,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(VideoError, match=r"no space left on the device.*2 of 4 segments are kept"):
-        job.run(LocalRunner(up), **lossless(pix_fmt=None))
+        job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert sum(computed) <= 24 + 6, "stopped within a few frames of the write error"
     assert sorted(p.name for p in job.dir.iterdir()) == ["lock", MANIFEST, "seg_00000.mp4", "seg_00001.mp4"]
     assert sorted(json.loads((job.dir / MANIFEST).read_text())["done"]) == ["0", "1"]
@@ -232,7 +232,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     monkeypatch.setattr(VideoWriter, "_mux", real_mux)
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert job.computed_frames == 24 and len(video_frames(dst)[0]) == 48
 
 
