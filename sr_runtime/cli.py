@@ -143,24 +143,24 @@ def _make_upscaler(args: argparse.Namespace):
 
 def _make_runner(args: argparse.Namespace, up):
     """Where video segments and folder files run: here, in worker processes, or on Ray."""
-    from sr_runtime.videojob import LocalRunner
+    from sr_runtime.video.runners import LocalRunner
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     kwargs = {**_upscaler_kwargs(args), "scale": up.scale}
     if args.ray is not None:
-        from sr_runtime.distributed import RayRunner
+        from sr_runtime.video.runners import RayRunner
 
         return RayRunner(kwargs, address=args.ray or None, workers=args.workers)
-    from sr_runtime.distributed import ProcessRunner, default_workers
+    from sr_runtime.video.runners import ProcessRunner, default_workers
 
     workers = args.workers or default_workers(args.device)
     return ProcessRunner(kwargs, workers) if workers > 1 else LocalRunner(up)
 
 
 def _video_options(args: argparse.Namespace, up, runner) -> dict:
-    """Keyword arguments of sr_runtime.videojob.run_video for every video of this run."""
-    from sr_runtime.videojob import model_identity
+    """Keyword arguments of sr_runtime.video.job.run_video for every video of this run."""
+    from sr_runtime.video.job import model_identity
 
     sha = model_identity(args.model, up.scale) if args.segment_seconds else None
     options = {k: getattr(args, k) for k in ("backend", "device", "precision", "provider", "tile", "tile_overlap")}
@@ -226,7 +226,7 @@ def _output_for(src: Path, root: Path, *, args: argparse.Namespace, scale: int, 
 def _run_files(args: argparse.Namespace) -> int:
     from sr_runtime.batch import FileTask, process_file
     from sr_runtime.progress import Progress
-    from sr_runtime.videojob import LocalRunner
+    from sr_runtime.video.runners import LocalRunner
 
     jobs, errors = _expand(args.inputs, args.recursive)
     for message in errors:
