@@ -37,6 +37,7 @@ from sr_runtime.atomic import current_umask
 from sr_runtime.checkpoint import load_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ConfigError
+from sr_runtime.failures import check_writable_dir
 from sr_runtime.zoo import resolve_checkpoint
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "FORMATS", "DEFAULT_SCALE"]
@@ -224,6 +225,8 @@ def run_export(req: ExportRequest) -> ExportResult:
     name = _export_name(ckpt.meta, ckpt.arch, scale)
     stem = f"{name}_x{scale}"
     out_dir = Path(req.out) if req.out is not None else Path("exports") / stem
+    # Before the slow work: a read-only or unusable target fails now, not after every parity check.
+    check_writable_dir(out_dir, what="export folder", replaced=True)
 
     trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
     sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
