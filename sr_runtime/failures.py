@@ -100,7 +100,7 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder", 
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        message = describe_os_error(e, path=existing)
+        message = describe_os_error(e, path=existing.resolve() if str(existing) in (".", "..") else existing)
         lead = what if existing == path else f"{what} {path} cannot be created:"
         raise OutputError(f"{lead} {message}") from e
     return path
