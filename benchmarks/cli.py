@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -27,6 +28,8 @@ from typing import Sequence
 
 from benchmarks.common import REPO_ROOT, environment, json_safe, write_json
 from sr_runtime.atomic import atomic_write_text
+from sr_runtime.errors import ConfigError, InputError
+from sr_runtime.failures import add_debug_argument, check_writable_dir, run_command
 
 __all__ = ["PRESETS", "build_coverage_parser", "build_parser", "coverage_main", "main", "run_bench"]
 
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark randomly initialised models even where weights exist (latency and parity only)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep exported ONNX/engine files under OUT/artifacts")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_argument(p)
     return p
 
 
@@ -183,18 +187,25 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     for item in limits:
         name, sep, hw = item.partition("=")
         if not sep:
-            raise SystemExit(f"sr-bench: error: --limit {item!r} is not MODEL=HxW")
+            raise ConfigError(f"--limit {item!r} is not MODEL=HxW")
         args.limits[name.strip()] = _parse_hw(hw)
     if args.data is None and DEFAULT_DATA.is_dir():
         args.data = DEFAULT_DATA
+    elif args.data is not None and not args.data.is_dir():
+        raise InputError(f"--data {args.data}: folder not found; give the folder holding Set5/Set14/BSD100")
+    if args.video not in (None, "synthetic") and not Path(args.video).is_file():
+        raise InputError(f"--video {args.video}: file not found; give a video file, or 'synthetic'")
+    for model in args.models:
+        if (Path(model).suffix or os.sep in model) and not Path(model).is_file():  # a path, not a registry name
+            raise InputError(f"--models {model}: checkpoint not found")
     if args.runs < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
-        raise SystemExit("sr-bench: error: --runs >= 1, --warmup >= 0 and --batch >= 1 are required")
+        raise ConfigError("--runs >= 1, --warmup >= 0 and --batch >= 1 are required")
     for prec in args.precisions:
         if prec not in ("fp32", "fp16"):
-            raise SystemExit(f"sr-bench: error: precision {prec!r}; valid: fp32, fp16")
+            raise ConfigError(f"precision {prec!r}; valid: fp32, fp16")
     for backend in args.backends:
         if backend not in ("torch", "onnxruntime", "tensorrt", "default"):
-            raise SystemExit(f"sr-bench: error: backend {backend!r}; valid: torch, onnxruntime, tensorrt, default")
+            raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime, tensorrt, default")
     return args
 
 
@@ -480,20 +491,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["coverage"]:
         return coverage_main(argv[1:])
-    args = _resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from sr_runtime.errors import SRError
+    return run_command("sr-bench", lambda: _main(args, argv), debug=args.debug,
+                       interrupted="interrupted; nothing written")
 
-    command = shlex.join(["sr-bench", *argv])
-    try:
-        results = run_bench(args, command)
-        paths = write_outputs(results, Path(args.out), plots=not args.no_plots)
-    except SRError as e:
-        print(f"sr-bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sr-bench: interrupted; nothing written", file=sys.stderr)
-        return 130
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    args = _resolve(args)
+    check_writable_dir(args.out)  # before the benchmark: a read-only --out fails now, not after an hour
+    results = run_bench(args, shlex.join(["sr-bench", *argv]))
+    paths = write_outputs(results, Path(args.out), plots=not args.no_plots)
     print(f"sr-bench: {len(results['latency'])} latency rows, {len(results['parity'])} parity rows, "
           f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, {len(results['tiling'])} tiling rows, "
           f"{len(results['skipped'])} skipped, in {results['wall_s']:.0f} s")
@@ -526,6 +534,7 @@ def build_coverage_parser() -> argparse.ArgumentParser:
                    help="skip the backend='auto' fast path (its export and probe cost another export per family)")
     p.add_argument("--out", type=Path, default=Path("coverage_out"), help="output folder (default: coverage_out)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failing steps)")
+    add_debug_argument(p)
     return p
 
 
@@ -534,25 +543,23 @@ def coverage_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_coverage_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    return run_command("sr-bench coverage", lambda: _coverage(args, argv), debug=args.debug,
+                       interrupted="interrupted; nothing written")
+
+
+def _coverage(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks.coverage import run_coverage, select_families, write_coverage
-    from sr_runtime.errors import SRError
 
     settings = {"command": shlex.join(["sr-bench", "coverage", *argv]), "quick": args.quick,
                 "size": list(args.size), "runs": args.runs, "tile": args.tile, "seed": args.seed,
                 "fast_path": not args.no_fast_path}
-    try:
-        families = select_families(args.families)
-        started = time.perf_counter()
-        rows = run_coverage(families, quick=args.quick, size=args.size, runs=args.runs, tile=args.tile,
-                            seed=args.seed, fast_path=not args.no_fast_path)
-        settings["wall_s"] = round(time.perf_counter() - started, 1)
-        paths = write_coverage(rows, environment(), settings, args.out)
-    except SRError as e:
-        print(f"sr-bench coverage: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sr-bench coverage: interrupted; nothing written", file=sys.stderr)
-        return 130
+    families = select_families(args.families)
+    check_writable_dir(args.out)
+    started = time.perf_counter()
+    rows = run_coverage(families, quick=args.quick, size=args.size, runs=args.runs, tile=args.tile,
+                        seed=args.seed, fast_path=not args.no_fast_path)
+    settings["wall_s"] = round(time.perf_counter() - started, 1)
+    paths = write_coverage(rows, environment(), settings, args.out)
     ok = sum(r.ok for r in rows)
     print(f"sr-bench coverage: {ok} of {len(rows)} families ok, in {settings['wall_s']:.0f} s")
     for r in rows:

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from sr_runtime.errors import InputError, SRError
+from sr_runtime.failures import add_debug_argument, check_writable_dir, run_command
 
 __all__ = ["main", "build_parser"]
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Upscale images, folders, globs and videos with a super-resolution model.",
-        epilog="Exit codes: 0 done, 1 some inputs failed, 2 nothing done (error), 130 interrupted.",
+        epilog="Exit codes: 0 done, 1 some inputs failed (or a fault), 2 nothing done (error), 130 interrupted.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image/video files, folders or glob patterns")
     p.add_argument("--scale", type=int, help="upscaling factor (needed with a model name; read from model files)")
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_argument(o)
     return p
 
 
@@ -236,6 +238,9 @@ def _run_files(args: argparse.Namespace) -> int:
     if args.segment_seconds < 0:
         raise InputError(f"--segment-seconds must be >= 0, got {args.segment_seconds}")
     single = len(jobs) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    if args.output is not None:  # before the model loads: a read-only -o fails in a second, not after the work
+        out = Path(args.output)
+        check_writable_dir(out.parent if single and out.suffix and not out.is_dir() else out)
     done = skipped = 0
     failed = len(errors)
     with _make_upscaler(args) as up:
@@ -295,6 +300,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         args.model = default_model(scale)  # InputError naming what ships when nothing does
     args.scale = scale
+    out = check_writable_dir(Path(args.output or "demo_out"))
     hr_u8 = np.ascontiguousarray(data.astronaut()[_DEMO_CROP])
     hr = image_to_tensor(hr_u8)
     lr_u8 = tensor_to_image(make_lr(hr, scale))
@@ -306,7 +312,6 @@ def _demo(args: argparse.Namespace) -> int:
     db_bicubic = float(psnr(image_to_tensor(bicubic_u8), hr, crop=scale)[0])
     gap = np.full((hr_u8.shape[0], 4, 3), 255, np.uint8)
     side = np.concatenate([bicubic_u8, gap, sr_u8, gap, hr_u8], axis=1)
-    out = Path(args.output or "demo_out")
     paths = [
         write_image(out / "astronaut_lr.png", lr_u8),
         write_image(out / f"astronaut_x{scale}.png", sr_u8),
@@ -324,26 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    try:
-        if args.list_backends:
-            from sr_runtime.backends import available_backends
+    return run_command(PROG, lambda: _main(parser, args), debug=args.debug,
+                       interrupted="error: interrupted; no partial output was kept")
 
-            for name, options in available_backends().items():
-                print(f"{name:12s} {', '.join(options) if options else 'not available'}")
-            return 0
-        if args.demo:
-            return _demo(args)
-        if not args.inputs:
-            parser.error("give at least one INPUT (or --demo)")
-        if args.format and args.output and Path(args.output).suffix and len(args.inputs) == 1:
-            raise InputError("give either --format or an output file name with an extension, not both")
-        return _run_files(args)
-    except SRError as e:
-        _error(str(e))
-        return 2
-    except KeyboardInterrupt as e:
-        _error(str(e) or "interrupted; no partial output was kept")
-        return 130
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.list_backends:
+        from sr_runtime.backends import available_backends
+
+        for name, options in available_backends().items():
+            print(f"{name:12s} {', '.join(options) if options else 'not available'}")
+        return 0
+    if args.demo:
+        return _demo(args)
+    if not args.inputs:
+        parser.error("give at least one INPUT (or --demo)")
+    if args.format and args.output and Path(args.output).suffix and len(args.inputs) == 1:
+        raise InputError("give either --format or an output file name with an extension, not both")
+    return _run_files(args)
 
 
 if __name__ == "__main__":
