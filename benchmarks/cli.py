@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -263,17 +263,41 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
     """Run everything ``args`` asks for; returns the results dict (schema: benchmarks.report)."""
     import torch
 
-    from benchmarks import bench_quality
-    from benchmarks.bench_backends import bench_model, prepare_model
-    from benchmarks.report import SCHEMA_VERSION
-    from sr_runtime.errors import SRError
-
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = args.threads or torch.get_num_threads()
     device = _device(args.device)
     start = time.perf_counter()
-    results: dict = {
+    results = _new_results(args, command, device, threads)
+    forms = _usable_forms(args, device, results["skipped"])
+    quality_dirs = _quality_datasets(args, results["skipped"])
+    with tempfile.TemporaryDirectory(prefix="sr-bench-") as tmp:
+        plan = _Plan(forms, quality_dirs, Path(tmp), threads)
+        _bicubic_rows(results, quality_dirs, args)
+        for name in args.models:
+            for scale in args.scales:
+                _bench_one(results, name, scale, plan, args)
+    results["wall_s"] = time.perf_counter() - start
+    return results
+
+
+@dataclass
+class _Plan:
+    """What every model of one run shares."""
+
+    forms: list
+    quality_dirs: list[str]
+    workdir: Path
+    threads: int
+    once: set[str] = field(default_factory=set)
+    """The stages that run for one model only (video, tiling), once done."""
+
+
+def _new_results(args: argparse.Namespace, command: str, device: str, threads: int) -> dict:
+    """The results record before anything is measured: what was asked for, and where."""
+    from benchmarks.report import SCHEMA_VERSION
+
+    return {
         "schema_version": SCHEMA_VERSION,
         "tool": "sr-bench",
         "command": command,
@@ -298,87 +322,93 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "tiling": [],
         "skipped": [],
     }
-    skipped = results["skipped"]
-    all_forms = _forms(args, device)
+
+
+def _usable_forms(args: argparse.Namespace, device: str, skipped: list[dict]) -> list:
+    """The forms asked for that can run here; the others go to ``skipped`` with the reason."""
     forms = []
-    for form in all_forms:
+    for form in _forms(args, device):
         why = _unavailable(form, device)
         if why:
             skipped.append({"stage": "all", "backend": form.backend, "precision": form.precision, "reason": why})
             log.warning("skip %s: %s", form, why)
         else:
             forms.append(form)
+    return forms
 
-    quality_dirs = []
-    if not args.no_quality:
-        if args.data is None:
-            skipped.append({"stage": "quality", "reason": f"no data folder (--data; {DEFAULT_DATA} not found)"})
+
+def _quality_datasets(args: argparse.Namespace, skipped: list[dict]) -> list[str]:
+    """The datasets asked for that exist under ``args.data``; the others go to ``skipped``."""
+    if args.no_quality:
+        return []
+    if args.data is None:
+        skipped.append({"stage": "quality", "reason": f"no data folder (--data; {DEFAULT_DATA} not found)"})
+        return []
+    found = []
+    for ds in args.datasets:
+        if (Path(args.data) / ds).is_dir():
+            found.append(ds)
         else:
-            for ds in args.datasets:
-                if (Path(args.data) / ds).is_dir():
-                    quality_dirs.append(ds)
-                else:
-                    skipped.append({"stage": "quality", "dataset": ds, "reason": f"{Path(args.data) / ds} not found"})
+            skipped.append({"stage": "quality", "dataset": ds, "reason": f"{Path(args.data) / ds} not found"})
+    return found
 
-    workdir_ctx = tempfile.TemporaryDirectory(prefix="sr-bench-")
-    workdir = Path(workdir_ctx.name)
-    video_done = tiling_done = False
+
+def _bicubic_rows(results: dict, datasets: list[str], args: argparse.Namespace) -> None:
+    """Bicubic on each dataset and scale."""
+    from benchmarks import bench_quality
+    from sr_runtime.errors import SRError
+
+    for ds in datasets:
+        for scale in args.scales:
+            try:
+                results["quality"].append(bench_quality.bicubic_row(scale, args.data, ds))
+            except SRError as e:
+                results["skipped"].append({"stage": "quality", "model": "bicubic", "scale": scale, "dataset": ds,
+                                           "reason": str(e)})
+
+
+def _bench_one(results: dict, name: str, scale: int, plan: _Plan, args: argparse.Namespace) -> None:
+    """One model at one scale through every stage: latency and parity, quality, video and tiling
+    (for the first model only), and its artifacts kept when asked."""
+    from benchmarks.bench_backends import bench_model, prepare_model
+    from sr_runtime.errors import SRError
+
+    skipped = results["skipped"]
     try:
-        for ds in quality_dirs:
-            for scale in args.scales:
-                try:
-                    results["quality"].append(bench_quality.bicubic_row(scale, args.data, ds))
-                except SRError as e:
-                    skipped.append({"stage": "quality", "model": "bicubic", "scale": scale, "dataset": ds, "reason": str(e)})
-        for name in args.models:
-            for scale in args.scales:
-                try:
-                    mut = prepare_model(name, scale, workdir=workdir, runs_dir=args.runs_dir, random_weights=args.random_weights)
-                except SRError as e:
-                    skipped.append({"stage": "model", "model": name, "scale": scale, "reason": f"{type(e).__name__}: {e}"})
-                    log.warning("skip %s x%d: %s", name, scale, e)
-                    continue
-                results["models"].append(mut.record())
-                sizes = _sizes_for(name, args.sizes, args.limits)
-                latency, parity, skips, arts = bench_model(
-                    mut,
-                    forms,
-                    sizes=sizes,
-                    batches=args.batch,
-                    warmup=args.warmup,
-                    runs=args.runs,
-                    workdir=workdir,
-                    parity_size=args.parity_size,
-                    parity_images=args.parity_images,
-                    max_row_s=args.max_row_seconds,
-                    threads=threads,
-                    profile=_profile(sizes, args.batch, mut.spec)
-                    if any(f.backend == "tensorrt" for f in forms)
-                    else None,
-                )
-                results["latency"] += latency
-                results["parity"] += parity
-                skipped += skips
-                measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
-                                                    or f.backend == "default" and r["backend"].startswith("default:")
-                                                    for r in parity)]
-                if quality_dirs:
-                    _quality(results, mut, measured, arts, quality_dirs, args)
-                if not args.no_video and not video_done and (args.video_model or args.models[0]) == name:
-                    _video(results, mut, measured, arts, workdir, args)
-                    video_done = True
-                if not args.no_tiling and not tiling_done and (args.tiling_model or args.models[0]) == name:
-                    _tiling(results, mut, measured, args)
-                    tiling_done = True
-                if args.keep_artifacts:
-                    dest = Path(args.out) / "artifacts"
-                    dest.mkdir(parents=True, exist_ok=True)
-                    for path in arts.files.values():
-                        shutil.copy2(path, dest / path.name)
-    finally:
-        workdir_ctx.cleanup()
-    results["wall_s"] = time.perf_counter() - start
-    return results
+        mut = prepare_model(name, scale, workdir=plan.workdir, runs_dir=args.runs_dir,
+                            random_weights=args.random_weights)
+    except SRError as e:
+        skipped.append({"stage": "model", "model": name, "scale": scale, "reason": f"{type(e).__name__}: {e}"})
+        log.warning("skip %s x%d: %s", name, scale, e)
+        return
+    results["models"].append(mut.record())
+    sizes = _sizes_for(name, args.sizes, args.limits)
+    forms = plan.forms
+    latency, parity, skips, arts = bench_model(
+        mut, forms, sizes=sizes, batches=args.batch, warmup=args.warmup, runs=args.runs, workdir=plan.workdir,
+        parity_size=args.parity_size, parity_images=args.parity_images, max_row_s=args.max_row_seconds,
+        threads=plan.threads,
+        profile=_profile(sizes, args.batch, mut.spec) if any(f.backend == "tensorrt" for f in forms) else None,
+    )
+    results["latency"] += latency
+    results["parity"] += parity
+    skipped += skips
+    measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
+                                        or f.backend == "default" and r["backend"].startswith("default:")
+                                        for r in parity)]
+    if plan.quality_dirs:
+        _quality(results, mut, measured, arts, plan.quality_dirs, args)
+    if not args.no_video and "video" not in plan.once and (args.video_model or args.models[0]) == name:
+        _video(results, mut, measured, arts, plan.workdir, args)
+        plan.once.add("video")
+    if not args.no_tiling and "tiling" not in plan.once and (args.tiling_model or args.models[0]) == name:
+        _tiling(results, mut, measured, args)
+        plan.once.add("tiling")
+    if args.keep_artifacts:
+        dest = Path(args.out) / "artifacts"
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in arts.files.values():
+            shutil.copy2(path, dest / path.name)
 
 
 def _quality(results, mut, forms, arts, datasets, args) -> None:
