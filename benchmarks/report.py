@@ -2,9 +2,9 @@
 
 ``results.json`` (``schema_version`` 1) holds, beside ``environment`` and ``config``, four lists of
 flat rows: ``latency``, ``parity``, ``quality`` and ``video``, and ``skipped`` (what was not measured and
-why). The fields of each row are listed below with their meaning; a field that could not be measured
-is ``null`` (JSON has no NaN/Inf: an output identical to the reference has PSNR ``null`` and
-``max_abs_u8`` 0).
+why); optionally ``tiling`` rows and ``gallery`` (the crops of report.html). The fields of each row
+are listed below with their meaning; a field that could not be measured is ``null`` (JSON has no
+NaN/Inf: an output identical to the reference has PSNR ``null`` and ``max_abs_u8`` 0).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = [
     "QUALITY_FIELDS",
     "VIDEO_FIELDS",
     "TILING_FIELDS",
+    "GALLERY_FIELDS",
     "validate_results",
     "load_results",
     "render_markdown",
@@ -133,6 +134,30 @@ TILING_FIELDS: dict[str, str] = {
     "max_abs_u8": "largest difference from the whole-frame output, 8-bit levels",
 }
 
+_TILE = {
+    "label": "what the caption names: HR, bicubic, or model backend precision",
+    "model": "hr | bicubic | registry name",
+    "backend": "the form's backend (null for HR and bicubic)",
+    "precision": "fp32 | fp16 | bf16 (null for HR and bicubic)",
+    "weights": "as in the other rows (null for HR and bicubic)",
+    "psnr": "PSNR of the whole image under the quality protocol (Y, border cropped); null for HR",
+    "ssim": "SSIM of the whole image, same protocol; null for HR",
+    "file": "the crop, PNG, relative to the results folder",
+}
+
+GALLERY_FIELDS: dict[str, str] = {
+    "dataset": "Set5 | Set14 | BSD100",
+    "image": "file name (stem) of the HR image",
+    "scale": "integer upscaling factor",
+    "box": "[y, x, h, w] of the window, HR pixels of the image cropped to a multiple of scale",
+    "zoom": "nearest-neighbour enlargement in report.html",
+    "tiles": "one crop per method: HR, bicubic, then each measured form: {" + ", ".join(_TILE) + ", crop_psnr "
+    "(PSNR of the crop against HR's crop, Y; null for HR)}",
+}
+"""``gallery.panels``: the crops report.html shows side by side, one panel per image (benchmarks.gallery).
+``gallery.slider`` (or null) holds dataset, image, scale, box, zoom and ``before`` (bicubic) and ``after``
+(the best model on that image), each a tile without crop_psnr."""
+
 _SECTIONS = {"latency": LATENCY_FIELDS, "parity": PARITY_FIELDS, "quality": QUALITY_FIELDS, "video": VIDEO_FIELDS}
 _OPTIONAL_SECTIONS = {"tiling": TILING_FIELDS}  # absent in results written before they existed
 _TOP = ("schema_version", "environment", "config", "models", "latency", "parity", "quality", "video", "skipped")
@@ -171,6 +196,28 @@ def validate_results(data: dict[str, Any]) -> None:
     for i, row in enumerate(data["skipped"]):
         if "reason" not in row:
             raise ValueError(f"skipped[{i}] has no reason")
+    if data.get("gallery") is not None:
+        _validate_gallery(data["gallery"])
+
+
+def _validate_gallery(gallery: Any) -> None:
+    def check(where: str, item: Any, fields) -> None:
+        keys = set(item) if isinstance(item, dict) else set()
+        if keys != set(fields):
+            raise ValueError(f"{where}: missing fields {sorted(set(fields) - keys)}, "
+                             f"unexpected fields {sorted(keys - set(fields))}")
+
+    if not isinstance(gallery, dict) or not isinstance(gallery.get("panels"), list):
+        raise ValueError("gallery must be an object with a list of panels")  # noqa: TRY004 (schema faults are ValueError)
+    for i, panel in enumerate(gallery["panels"]):
+        check(f"gallery.panels[{i}]", panel, GALLERY_FIELDS)
+        for j, tile in enumerate(panel["tiles"]):
+            check(f"gallery.panels[{i}].tiles[{j}]", tile, [*_TILE, "crop_psnr"])
+    slider = gallery.get("slider")
+    if slider is not None:
+        check("gallery.slider", slider, ["dataset", "image", "scale", "box", "zoom", "before", "after"])
+        for side in ("before", "after"):
+            check(f"gallery.slider.{side}", slider[side], _TILE)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
