@@ -31,6 +31,8 @@ SLIDER = 192
 """Side of the slider's window, HR pixels (less on a smaller image)."""
 SLIDER_ZOOM = 2
 _CANDIDATES = 4
+_TIE_DB = 0.005
+"""PSNRs this close are a tie for the slider's best model (FP16 forms often differ by 0.0001 dB)."""
 
 OnImage = Callable[[Any, torch.Tensor, torch.Tensor], None]
 """``evaluate_folder``'s ``on_image(score, hr, sr)``."""
@@ -163,7 +165,8 @@ class Gallery:
         models = [t for t in image.tiles[2:] if t.psnr is not None] if image else []
         if not models:
             return None
-        best = max(models, key=lambda t: t.psnr)
+        top = max(t.psnr for t in models)
+        best = next(t for t in models if t.psnr >= top - _TIE_DB)  # the first measured form among equals
         stem = f"slider_{_slug(image.dataset)}_x{image.scale}_{_slug(image.name)}"
         before, after = image.tiles[1], best
         return {"dataset": image.dataset, "image": image.name, "scale": image.scale, "box": list(image.slider_box),

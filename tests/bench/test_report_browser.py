@@ -5,6 +5,7 @@ also run on a broken copy (a missing crop, a script error, no script) to show it
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -81,8 +82,11 @@ def test_every_image_loads_without_console_errors(chromium, report):
     page = _open(chromium, report / "report.html")
     try:
         assert page.evaluate(_BROKEN_IMAGES) == []
-        # 3 photos x (HR, bicubic, 2 models x 3 forms), the slider's pair, two plots
-        assert page.evaluate("document.images.length") == 3 * 8 + 2 + 2
+        results = json.loads((report / "results.json").read_text())
+        panels = results["gallery"]["panels"]
+        assert len(panels) == 3 and all(len(p["tiles"]) >= 2 + 2 * 2 for p in panels)  # HR, bicubic, 2 models x 2+ forms
+        crops = sum(len(p["tiles"]) for p in panels)
+        assert page.evaluate("document.images.length") == crops + 2 + len(results["plots"])  # + the slider's pair
         assert page.errors == []
         assert page.evaluate("document.querySelectorAll('table').length") >= 4
     finally:
