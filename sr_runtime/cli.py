@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("demo")
     d.add_argument("--demo", action="store_true", help="upscale a sample photo and write a side-by-side comparison")
+    d.add_argument("--compare", action="store_true",
+                   help="also write OUTPUT_compare.png: where the input, bicubic-enlarged, and the output differ "
+                   "most, side by side, enlarged so the pixels show (images only)")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -268,6 +271,10 @@ def _run_files(args: argparse.Namespace) -> int:
                     if ok:
                         log.info("%s", value)
                         done += 1
+                        if args.compare:
+                            from sr_runtime.compare import compare_output
+
+                            log.info("%s", compare_output(_item.src, _item.dst, up.scale))
                     else:
                         _error(str(value))
                         failed += 1
