@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-forms", choices=("first", "all"), help="video on the first form only (torch) or every form")
     p.add_argument("--no-video", action="store_true", help="skip the end-to-end video figure")
     p.add_argument("--tiling-size", type=_parse_hw,
-                   help="LR frame HxW for the tiling rows: whole vs automatic vs fixed tiles (full preset 720x1280)")
+                   help="LR frame HxW for the tiling rows: whole vs automatic vs fixed tiles (default: the largest of "
+                        "--sizes when given, else the preset's: full 720x1280)")
     p.add_argument("--tiling-model", default=None, help="model for the tiling rows (default: the first of --models)")
     p.add_argument("--no-tiling", action="store_true", help="skip the tiling rows")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -183,10 +184,12 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             value = getattr(preset, key)
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    sizes_given = args.sizes is not None
     if args.sizes is None:
         args.sizes = [_parse_hw(s) for s in preset.sizes]
-    if args.tiling_size is None:
-        args.tiling_size = _parse_hw(preset.tiling_size)
+    if args.tiling_size is None:  # explicit --sizes bound the tiling rows too (a 16x24 run must not tile 720p)
+        args.tiling_size = (max(args.sizes, key=lambda hw: hw[0] * hw[1]) if sizes_given
+                            else _parse_hw(preset.tiling_size))
     limits = list(preset.limits) if args.limit is None else args.limit
     args.limits = {}
     for item in limits:

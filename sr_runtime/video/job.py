@@ -417,7 +417,7 @@ def model_identity(model: str | os.PathLike | None, scale: int | None, *, runs_d
     from sr_runtime.zoo import default_model, resolve_checkpoint
 
     if model is None:
-        model = default_model(scale)
+        model = default_model(scale, runs_dir=runs_dir)
     if model_kind(model) != "checkpoint":
         return sha256_file(model)
     path, _ = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
