@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks.bench_backends import Form, ModelUnderTest
+from benchmarks.gallery import Gallery
 
 __all__ = ["PUBLISHED", "PAPER_ROW", "DATASETS", "published", "BackendModel", "quality_row", "bicubic_row"]
 
@@ -138,26 +139,31 @@ def _row(model: str, scale: int, weights: str, form: Form, dataset: str, result,
     }
 
 
-def quality_row(mut: ModelUnderTest, form: Form, backend, data_dir: Path, dataset: str) -> dict[str, Any]:
-    """Score ``backend`` (``mut`` in ``form``) on ``data_dir/dataset``. Raises InputError for bad data."""
+def quality_row(mut: ModelUnderTest, form: Form, backend, data_dir: Path, dataset: str,
+                gallery: Gallery | None = None) -> dict[str, Any]:
+    """Score ``backend`` (``mut`` in ``form``) on ``data_dir/dataset``, handing the outputs to ``gallery``
+    when given. Raises InputError for bad data."""
     from sr_runtime.evaluate import evaluate_folder
 
     start = time.perf_counter()
     if form.backend == "default":  # name the form the default path chose, as the latency rows do
         form = Form(f"default:{backend.name}", backend.precision, form.device)
     device = "cpu" if form.device == "cpu" else str(backend.device)
+    keep = gallery.collector(dataset, mut.scale, mut.model, form.backend, form.precision, mut.weights) if gallery else None
     result = evaluate_folder(Path(data_dir) / dataset, mut.scale, model=BackendModel(backend), device=device,
-                             method=f"{mut.model} {form}")
+                             method=f"{mut.model} {form}", on_image=keep)
     row = _row(mut.model, mut.scale, mut.weights, form, dataset, result, time.perf_counter() - start)
     log.info("quality %s x%d %s on %s: %.2f dB / %.4f (published %s)", mut.model, mut.scale, form, dataset,
              row["psnr"], row["ssim"], row["published_psnr"])
     return row
 
 
-def bicubic_row(scale: int, data_dir: Path, dataset: str) -> dict[str, Any]:
-    """The protocol's own bicubic on ``dataset``: a check that our numbers are comparable with the papers'."""
+def bicubic_row(scale: int, data_dir: Path, dataset: str, gallery: Gallery | None = None) -> dict[str, Any]:
+    """The protocol's own bicubic on ``dataset``: a check that our numbers are comparable with the papers'.
+    With ``gallery``, this pass chooses the windows of its crops (run it before the models)."""
     from sr_runtime.evaluate import evaluate_folder
 
     start = time.perf_counter()
-    result = evaluate_folder(Path(data_dir) / dataset, scale, model=None)
+    result = evaluate_folder(Path(data_dir) / dataset, scale, model=None,
+                             on_image=gallery.reference(dataset, scale) if gallery else None)
     return _row("bicubic", scale, "none", Form("bicubic", "fp32", "cpu"), dataset, result, time.perf_counter() - start)

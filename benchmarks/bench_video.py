@@ -5,9 +5,9 @@
   call to the renamed output file; the model load is not included;
 * inference: the same backend on the same decoded frames, already tensors on the device, whole
   frames, batch 1 (the model alone);
-* encode: :class:`sr_runtime.video.VideoWriter` (PyAV libx264, the pipeline's settings) fed the
+* encode: :class:`sr_runtime.video.writer.VideoWriter` (PyAV libx264, the pipeline's settings) fed the
   clip's frames resized to the output size (bicubic), already in memory;
-* decode: :class:`sr_runtime.video.VideoReader` over the clip.
+* decode: :class:`sr_runtime.video.reader.VideoReader` over the clip.
 
 The clip is the first ``frames`` frames of a video (re-encoded losslessly-ish, crf 0, into the
 work folder, so every stage sees the same frames) or a synthetic moving pattern.

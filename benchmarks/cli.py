@@ -4,7 +4,9 @@
     sr-bench --models edsr,fsrcnn --scales 2,4 --backends torch,onnxruntime,tensorrt --precisions fp32,fp16
     sr-bench --sizes 270x480,1080x1920 --batch 1,4 --runs 50 --no-video --out bench_h100
 
-Writes ``OUT/results.json`` (schema: :mod:`benchmarks.report`), ``OUT/report.md`` and PNG plots.
+Writes ``OUT/results.json`` (schema: :mod:`benchmarks.report`), ``OUT/report.md``, PNG plots, and
+``OUT/report.html``: the same tables and plots with side-by-side crops and a before/after slider
+(self-contained; the crops are also in ``OUT/crops``).
 
     sr-bench coverage --quick --size 64x96 --out coverage_quick   # community-model table (benchmarks.coverage)
     sr-bench coverage --families compact,span --runs 3            # published hyperparameters, LR 270x480
@@ -16,17 +18,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from benchmarks.common import REPO_ROOT, environment, json_safe, write_json
 from sr_runtime.atomic import atomic_write_text
+from sr_runtime.errors import ConfigError, InputError
+from sr_runtime.failures import add_debug_argument, check_writable_dir, run_command
 
 __all__ = ["PRESETS", "build_coverage_parser", "build_parser", "coverage_main", "main", "run_bench"]
 
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sr-bench",
         description="Benchmark super-resolution models: latency (p50/p95/p99, fps, peak memory) per model x scale x "
         "input size x backend x precision x batch, parity against PyTorch FP32, PSNR/SSIM on Set5/Set14/BSD100 "
-        "beside the published numbers, and end-to-end video fps. Writes OUT/results.json, OUT/report.md, OUT/*.png.",
+        "beside the published numbers, and end-to-end video fps. Writes OUT/results.json, OUT/report.md, OUT/*.png "
+        "and OUT/report.html (the tables and plots with side-by-side crops; self-contained).",
         epilog="Options left out take the preset's value (--quick, else the full preset); list values are "
         "comma-separated. Models without trained or shipped weights run with random weights, marked as such, "
         "and get no quality figures.",
@@ -144,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"folder holding Set5/Set14/BSD100 (default: {DEFAULT_DATA} when present)")
     p.add_argument("--datasets", type=_csv, help="Set5,Set14,BSD100")
     p.add_argument("--no-quality", action="store_true", help="skip PSNR/SSIM on the datasets")
+    p.add_argument("--crop-images", type=int, default=3, metavar="N",
+                   help="images per dataset in report.html's side-by-side crops (default 3; 0: none)")
     p.add_argument("--video", default=None,
                    help="clip for the end-to-end figure: a video file, or 'synthetic' "
                    "(default: DATA/video/chaplin.mp4 when present, else synthetic)")
@@ -153,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-forms", choices=("first", "all"), help="video on the first form only (torch) or every form")
     p.add_argument("--no-video", action="store_true", help="skip the end-to-end video figure")
     p.add_argument("--tiling-size", type=_parse_hw,
-                   help="LR frame HxW for the tiling rows: whole vs automatic vs fixed tiles (full preset 720x1280)")
+                   help="LR frame HxW for the tiling rows: whole vs automatic vs fixed tiles (default: the largest of "
+                        "--sizes when given, else the preset's: full 720x1280)")
     p.add_argument("--tiling-model", default=None, help="model for the tiling rows (default: the first of --models)")
     p.add_argument("--no-tiling", action="store_true", help="skip the tiling rows")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -162,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark randomly initialised models even where weights exist (latency and parity only)")
     p.add_argument("--keep-artifacts", action="store_true", help="keep exported ONNX/engine files under OUT/artifacts")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_argument(p)
     return p
 
 
@@ -174,27 +184,36 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             value = getattr(preset, key)
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    sizes_given = args.sizes is not None
     if args.sizes is None:
         args.sizes = [_parse_hw(s) for s in preset.sizes]
-    if args.tiling_size is None:
-        args.tiling_size = _parse_hw(preset.tiling_size)
+    if args.tiling_size is None:  # explicit --sizes bound the tiling rows too (a 16x24 run must not tile 720p)
+        args.tiling_size = (max(args.sizes, key=lambda hw: hw[0] * hw[1]) if sizes_given
+                            else _parse_hw(preset.tiling_size))
     limits = list(preset.limits) if args.limit is None else args.limit
     args.limits = {}
     for item in limits:
         name, sep, hw = item.partition("=")
         if not sep:
-            raise SystemExit(f"sr-bench: error: --limit {item!r} is not MODEL=HxW")
+            raise ConfigError(f"--limit {item!r} is not MODEL=HxW")
         args.limits[name.strip()] = _parse_hw(hw)
     if args.data is None and DEFAULT_DATA.is_dir():
         args.data = DEFAULT_DATA
+    elif args.data is not None and not args.data.is_dir():
+        raise InputError(f"--data {args.data}: folder not found; give the folder holding Set5/Set14/BSD100")
+    if args.video not in (None, "synthetic") and not Path(args.video).is_file():
+        raise InputError(f"--video {args.video}: file not found; give a video file, or 'synthetic'")
+    for model in args.models:
+        if (Path(model).suffix or os.sep in model) and not Path(model).is_file():  # a path, not a registry name
+            raise InputError(f"--models {model}: checkpoint not found")
     if args.runs < 1 or args.warmup < 0 or any(b < 1 for b in args.batch):
-        raise SystemExit("sr-bench: error: --runs >= 1, --warmup >= 0 and --batch >= 1 are required")
+        raise ConfigError("--runs >= 1, --warmup >= 0 and --batch >= 1 are required")
     for prec in args.precisions:
         if prec not in ("fp32", "fp16"):
-            raise SystemExit(f"sr-bench: error: precision {prec!r}; valid: fp32, fp16")
+            raise ConfigError(f"precision {prec!r}; valid: fp32, fp16")
     for backend in args.backends:
         if backend not in ("torch", "onnxruntime", "tensorrt", "default"):
-            raise SystemExit(f"sr-bench: error: backend {backend!r}; valid: torch, onnxruntime, tensorrt, default")
+            raise ConfigError(f"backend {backend!r}; valid: torch, onnxruntime, tensorrt, default")
     return args
 
 
@@ -260,20 +279,51 @@ def _profile(sizes: list[tuple[int, int]], batches: list[int], spec) -> dict:
 
 
 def run_bench(args: argparse.Namespace, command: str) -> dict:
-    """Run everything ``args`` asks for; returns the results dict (schema: benchmarks.report)."""
+    """Run everything ``args`` asks for; returns the results dict (schema: benchmarks.report). The crops
+    of report.html are written into ``args.out`` as they are cut."""
     import torch
 
-    from benchmarks import bench_quality
-    from benchmarks.bench_backends import bench_model, prepare_model
-    from benchmarks.report import SCHEMA_VERSION
-    from sr_runtime.errors import SRError
+    from benchmarks.gallery import Gallery
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = args.threads or torch.get_num_threads()
     device = _device(args.device)
     start = time.perf_counter()
-    results: dict = {
+    results = _new_results(args, command, device, threads)
+    forms = _usable_forms(args, device, results["skipped"])
+    quality_dirs = _quality_datasets(args, results["skipped"])
+    gallery = Gallery(args.crop_images) if quality_dirs and args.crop_images > 0 else None
+    with tempfile.TemporaryDirectory(prefix="sr-bench-") as tmp:
+        plan = _Plan(forms, quality_dirs, Path(tmp), gallery, threads)
+        _bicubic_rows(results, quality_dirs, args, gallery)
+        for name in args.models:
+            for scale in args.scales:
+                _bench_one(results, name, scale, plan, args)
+    if gallery is not None:
+        results["gallery"] = gallery.write(Path(args.out))
+    results["wall_s"] = time.perf_counter() - start
+    return results
+
+
+@dataclass
+class _Plan:
+    """What every model of one run shares."""
+
+    forms: list
+    quality_dirs: list[str]
+    workdir: Path
+    gallery: Any
+    threads: int
+    once: set[str] = field(default_factory=set)
+    """The stages that run for one model only (video, tiling), once done."""
+
+
+def _new_results(args: argparse.Namespace, command: str, device: str, threads: int) -> dict:
+    """The results record before anything is measured: what was asked for, and where."""
+    from benchmarks.report import SCHEMA_VERSION
+
+    return {
         "schema_version": SCHEMA_VERSION,
         "tool": "sr-bench",
         "command": command,
@@ -288,6 +338,7 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
             "quality": not args.no_quality, "video": None if args.no_video else (args.video or "default"),
             "video_frames": args.video_frames, "random_weights": args.random_weights,
             "tiling": None if args.no_tiling else f"{args.tiling_size[0]}x{args.tiling_size[1]}",
+            "crop_images": args.crop_images,
         },
         "environment": environment(),
         "models": [],
@@ -298,90 +349,96 @@ def run_bench(args: argparse.Namespace, command: str) -> dict:
         "tiling": [],
         "skipped": [],
     }
-    skipped = results["skipped"]
-    all_forms = _forms(args, device)
+
+
+def _usable_forms(args: argparse.Namespace, device: str, skipped: list[dict]) -> list:
+    """The forms asked for that can run here; the others go to ``skipped`` with the reason."""
     forms = []
-    for form in all_forms:
+    for form in _forms(args, device):
         why = _unavailable(form, device)
         if why:
             skipped.append({"stage": "all", "backend": form.backend, "precision": form.precision, "reason": why})
             log.warning("skip %s: %s", form, why)
         else:
             forms.append(form)
+    return forms
 
-    quality_dirs = []
-    if not args.no_quality:
-        if args.data is None:
-            skipped.append({"stage": "quality", "reason": f"no data folder (--data; {DEFAULT_DATA} not found)"})
+
+def _quality_datasets(args: argparse.Namespace, skipped: list[dict]) -> list[str]:
+    """The datasets asked for that exist under ``args.data``; the others go to ``skipped``."""
+    if args.no_quality:
+        return []
+    if args.data is None:
+        skipped.append({"stage": "quality", "reason": f"no data folder (--data; {DEFAULT_DATA} not found)"})
+        return []
+    found = []
+    for ds in args.datasets:
+        if (Path(args.data) / ds).is_dir():
+            found.append(ds)
         else:
-            for ds in args.datasets:
-                if (Path(args.data) / ds).is_dir():
-                    quality_dirs.append(ds)
-                else:
-                    skipped.append({"stage": "quality", "dataset": ds, "reason": f"{Path(args.data) / ds} not found"})
+            skipped.append({"stage": "quality", "dataset": ds, "reason": f"{Path(args.data) / ds} not found"})
+    return found
 
-    workdir_ctx = tempfile.TemporaryDirectory(prefix="sr-bench-")
-    workdir = Path(workdir_ctx.name)
-    video_done = tiling_done = False
+
+def _bicubic_rows(results: dict, datasets: list[str], args: argparse.Namespace, gallery) -> None:
+    """Bicubic on each dataset and scale, before any model: the gallery's crop windows come from it."""
+    from benchmarks import bench_quality
+    from sr_runtime.errors import SRError
+
+    for ds in datasets:
+        for scale in args.scales:
+            try:
+                results["quality"].append(bench_quality.bicubic_row(scale, args.data, ds, gallery))
+            except SRError as e:
+                results["skipped"].append({"stage": "quality", "model": "bicubic", "scale": scale, "dataset": ds,
+                                           "reason": str(e)})
+
+
+def _bench_one(results: dict, name: str, scale: int, plan: _Plan, args: argparse.Namespace) -> None:
+    """One model at one scale through every stage: latency and parity, quality, video and tiling
+    (for the first model only), and its artifacts kept when asked."""
+    from benchmarks.bench_backends import bench_model, prepare_model
+    from sr_runtime.errors import SRError
+
+    skipped = results["skipped"]
     try:
-        for ds in quality_dirs:
-            for scale in args.scales:
-                try:
-                    results["quality"].append(bench_quality.bicubic_row(scale, args.data, ds))
-                except SRError as e:
-                    skipped.append({"stage": "quality", "model": "bicubic", "scale": scale, "dataset": ds, "reason": str(e)})
-        for name in args.models:
-            for scale in args.scales:
-                try:
-                    mut = prepare_model(name, scale, workdir=workdir, runs_dir=args.runs_dir, random_weights=args.random_weights)
-                except SRError as e:
-                    skipped.append({"stage": "model", "model": name, "scale": scale, "reason": f"{type(e).__name__}: {e}"})
-                    log.warning("skip %s x%d: %s", name, scale, e)
-                    continue
-                results["models"].append(mut.record())
-                sizes = _sizes_for(name, args.sizes, args.limits)
-                latency, parity, skips, arts = bench_model(
-                    mut,
-                    forms,
-                    sizes=sizes,
-                    batches=args.batch,
-                    warmup=args.warmup,
-                    runs=args.runs,
-                    workdir=workdir,
-                    parity_size=args.parity_size,
-                    parity_images=args.parity_images,
-                    max_row_s=args.max_row_seconds,
-                    threads=threads,
-                    profile=_profile(sizes, args.batch, mut.spec)
-                    if any(f.backend == "tensorrt" for f in forms)
-                    else None,
-                )
-                results["latency"] += latency
-                results["parity"] += parity
-                skipped += skips
-                measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
-                                                    or f.backend == "default" and r["backend"].startswith("default:")
-                                                    for r in parity)]
-                if quality_dirs:
-                    _quality(results, mut, measured, arts, quality_dirs, args)
-                if not args.no_video and not video_done and (args.video_model or args.models[0]) == name:
-                    _video(results, mut, measured, arts, workdir, args)
-                    video_done = True
-                if not args.no_tiling and not tiling_done and (args.tiling_model or args.models[0]) == name:
-                    _tiling(results, mut, measured, args)
-                    tiling_done = True
-                if args.keep_artifacts:
-                    dest = Path(args.out) / "artifacts"
-                    dest.mkdir(parents=True, exist_ok=True)
-                    for path in arts.files.values():
-                        shutil.copy2(path, dest / path.name)
-    finally:
-        workdir_ctx.cleanup()
-    results["wall_s"] = time.perf_counter() - start
-    return results
+        mut = prepare_model(name, scale, workdir=plan.workdir, runs_dir=args.runs_dir,
+                            random_weights=args.random_weights)
+    except SRError as e:
+        skipped.append({"stage": "model", "model": name, "scale": scale, "reason": f"{type(e).__name__}: {e}"})
+        log.warning("skip %s x%d: %s", name, scale, e)
+        return
+    results["models"].append(mut.record())
+    sizes = _sizes_for(name, args.sizes, args.limits)
+    forms = plan.forms
+    latency, parity, skips, arts = bench_model(
+        mut, forms, sizes=sizes, batches=args.batch, warmup=args.warmup, runs=args.runs, workdir=plan.workdir,
+        parity_size=args.parity_size, parity_images=args.parity_images, max_row_s=args.max_row_seconds,
+        threads=plan.threads,
+        profile=_profile(sizes, args.batch, mut.spec) if any(f.backend == "tensorrt" for f in forms) else None,
+    )
+    results["latency"] += latency
+    results["parity"] += parity
+    skipped += skips
+    measured = [f for f in forms if any(r["backend"] == f.backend and r["precision"] == f.precision
+                                        or f.backend == "default" and r["backend"].startswith("default:")
+                                        for r in parity)]
+    if plan.quality_dirs:
+        _quality(results, mut, measured, arts, plan.quality_dirs, args, plan.gallery)
+    if not args.no_video and "video" not in plan.once and (args.video_model or args.models[0]) == name:
+        _video(results, mut, measured, arts, plan.workdir, args)
+        plan.once.add("video")
+    if not args.no_tiling and "tiling" not in plan.once and (args.tiling_model or args.models[0]) == name:
+        _tiling(results, mut, measured, args)
+        plan.once.add("tiling")
+    if args.keep_artifacts:
+        dest = Path(args.out) / "artifacts"
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in arts.files.values():
+            shutil.copy2(path, dest / path.name)
 
 
-def _quality(results, mut, forms, arts, datasets, args) -> None:
+def _quality(results, mut, forms, arts, datasets, args, gallery) -> None:
     from benchmarks import bench_quality
     from benchmarks.bench_backends import open_backend
     from sr_runtime.errors import SRError
@@ -394,7 +451,7 @@ def _quality(results, mut, forms, arts, datasets, args) -> None:
         try:
             with open_backend(mut, form, arts, threads=args.threads) as backend:
                 for ds in datasets:
-                    results["quality"].append(bench_quality.quality_row(mut, form, backend, args.data, ds))
+                    results["quality"].append(bench_quality.quality_row(mut, form, backend, args.data, ds, gallery))
         except SRError as e:
             results["skipped"].append({"stage": "quality", "model": mut.model, "scale": mut.scale,
                                        "backend": form.backend, "precision": form.precision,
@@ -448,9 +505,11 @@ def _tiling(results, mut, forms, args) -> None:
 
 
 def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]:
-    """results.json, report.md and the plots into ``out`` (each written atomically)."""
+    """results.json, report.md, report.html and the plots into ``out`` (each written atomically; the
+    crops report.html embeds are already there)."""
     from benchmarks.plots import write_plots
     from benchmarks.report import render_markdown, validate_results
+    from benchmarks.report_html import render_html
     from sr_runtime.errors import SRError
 
     out.mkdir(parents=True, exist_ok=True)
@@ -463,6 +522,7 @@ def write_outputs(results: dict, out: Path, *, plots: bool = True) -> list[Path]
         raise SRError(f"the results do not follow the schema ({e}); what was measured is in {kept}") from e
     paths = [write_json(out / "results.json", results)]
     paths.append(atomic_write_text(out / "report.md", render_markdown(results)))
+    paths.append(atomic_write_text(out / "report.html", render_html(results, out)))
     return paths + [out / p for p in results["plots"]]
 
 
@@ -480,20 +540,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["coverage"]:
         return coverage_main(argv[1:])
-    args = _resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from sr_runtime.errors import SRError
+    return run_command("sr-bench", lambda: _main(args, argv), debug=args.debug,
+                       interrupted="interrupted; nothing written")
 
-    command = shlex.join(["sr-bench", *argv])
-    try:
-        results = run_bench(args, command)
-        paths = write_outputs(results, Path(args.out), plots=not args.no_plots)
-    except SRError as e:
-        print(f"sr-bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sr-bench: interrupted; nothing written", file=sys.stderr)
-        return 130
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    args = _resolve(args)
+    check_writable_dir(args.out)  # before the benchmark: a read-only --out fails now, not after an hour
+    results = run_bench(args, shlex.join(["sr-bench", *argv]))
+    paths = write_outputs(results, Path(args.out), plots=not args.no_plots)
     print(f"sr-bench: {len(results['latency'])} latency rows, {len(results['parity'])} parity rows, "
           f"{len(results['quality'])} quality rows, {len(results['video'])} video rows, {len(results['tiling'])} tiling rows, "
           f"{len(results['skipped'])} skipped, in {results['wall_s']:.0f} s")
@@ -526,6 +583,7 @@ def build_coverage_parser() -> argparse.ArgumentParser:
                    help="skip the backend='auto' fast path (its export and probe cost another export per family)")
     p.add_argument("--out", type=Path, default=Path("coverage_out"), help="output folder (default: coverage_out)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failing steps)")
+    add_debug_argument(p)
     return p
 
 
@@ -534,25 +592,23 @@ def coverage_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_coverage_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    return run_command("sr-bench coverage", lambda: _coverage(args, argv), debug=args.debug,
+                       interrupted="interrupted; nothing written")
+
+
+def _coverage(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks.coverage import run_coverage, select_families, write_coverage
-    from sr_runtime.errors import SRError
 
     settings = {"command": shlex.join(["sr-bench", "coverage", *argv]), "quick": args.quick,
                 "size": list(args.size), "runs": args.runs, "tile": args.tile, "seed": args.seed,
                 "fast_path": not args.no_fast_path}
-    try:
-        families = select_families(args.families)
-        started = time.perf_counter()
-        rows = run_coverage(families, quick=args.quick, size=args.size, runs=args.runs, tile=args.tile,
-                            seed=args.seed, fast_path=not args.no_fast_path)
-        settings["wall_s"] = round(time.perf_counter() - started, 1)
-        paths = write_coverage(rows, environment(), settings, args.out)
-    except SRError as e:
-        print(f"sr-bench coverage: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sr-bench coverage: interrupted; nothing written", file=sys.stderr)
-        return 130
+    families = select_families(args.families)
+    check_writable_dir(args.out)
+    started = time.perf_counter()
+    rows = run_coverage(families, quick=args.quick, size=args.size, runs=args.runs, tile=args.tile,
+                        seed=args.seed, fast_path=not args.no_fast_path)
+    settings["wall_s"] = round(time.perf_counter() - started, 1)
+    paths = write_coverage(rows, environment(), settings, args.out)
     ok = sum(r.ok for r in rows)
     print(f"sr-bench coverage: {ok} of {len(rows)} families ok, in {settings['wall_s']:.0f} s")
     for r in rows:

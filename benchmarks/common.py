@@ -36,6 +36,7 @@ __all__ = [
     "write_json",
     "json_safe",
     "REPO_ROOT",
+    "SPEED_FLAGS",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,14 +281,23 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
+               "amx_int8")
+"""CPU units that change which forms are fast (the BF16 candidates need avx512_bf16 or amx_bf16)."""
+
+
 def environment() -> dict[str, Any]:
-    """Where the numbers were taken: CPU, GPU, driver, CUDA, library versions, commit, time."""
+    """Where the numbers were taken: CPU and its vector/matrix units, GPU, driver, CUDA, library
+    versions, commit, time."""
     import torch
+
+    from sr_runtime.machine import cpu_flags
 
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
+    flags = cpu_flags()
     env: dict[str, Any] = {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -295,6 +305,7 @@ def environment() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
+        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
         "torch_threads": torch.get_num_threads(),
         "memory_gib": _mem_total_gib(),
         "torch": torch.__version__,

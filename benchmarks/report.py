@@ -2,9 +2,9 @@
 
 ``results.json`` (``schema_version`` 1) holds, beside ``environment`` and ``config``, four lists of
 flat rows: ``latency``, ``parity``, ``quality`` and ``video``, and ``skipped`` (what was not measured and
-why). The fields of each row are listed below with their meaning; a field that could not be measured
-is ``null`` (JSON has no NaN/Inf: an output identical to the reference has PSNR ``null`` and
-``max_abs_u8`` 0).
+why); optionally ``tiling`` rows and ``gallery`` (the crops of report.html). The fields of each row
+are listed below with their meaning; a field that could not be measured is ``null`` (JSON has no
+NaN/Inf: an output identical to the reference has PSNR ``null`` and ``max_abs_u8`` 0).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from benchmarks.tables import environment_lines, report_tables, skipped_lines
+
 __all__ = [
     "SCHEMA_VERSION",
     "LATENCY_FIELDS",
@@ -21,6 +23,7 @@ __all__ = [
     "QUALITY_FIELDS",
     "VIDEO_FIELDS",
     "TILING_FIELDS",
+    "GALLERY_FIELDS",
     "validate_results",
     "load_results",
     "render_markdown",
@@ -131,6 +134,30 @@ TILING_FIELDS: dict[str, str] = {
     "max_abs_u8": "largest difference from the whole-frame output, 8-bit levels",
 }
 
+_TILE = {
+    "label": "what the caption names: HR, bicubic, or model backend precision",
+    "model": "hr | bicubic | registry name",
+    "backend": "the form's backend (null for HR and bicubic)",
+    "precision": "fp32 | fp16 | bf16 (null for HR and bicubic)",
+    "weights": "as in the other rows (null for HR and bicubic)",
+    "psnr": "PSNR of the whole image under the quality protocol (Y, border cropped); null for HR",
+    "ssim": "SSIM of the whole image, same protocol; null for HR",
+    "file": "the crop, PNG, relative to the results folder",
+}
+
+GALLERY_FIELDS: dict[str, str] = {
+    "dataset": "Set5 | Set14 | BSD100",
+    "image": "file name (stem) of the HR image",
+    "scale": "integer upscaling factor",
+    "box": "[y, x, h, w] of the window, HR pixels of the image cropped to a multiple of scale",
+    "zoom": "nearest-neighbour enlargement in report.html",
+    "tiles": "one crop per method: HR, bicubic, then each measured form: {" + ", ".join(_TILE) + ", crop_psnr "
+    "(PSNR of the crop against HR's crop, Y; null for HR)}",
+}
+"""``gallery.panels``: the crops report.html shows side by side, one panel per image (benchmarks.gallery).
+``gallery.slider`` (or null) holds dataset, image, scale, box, zoom and ``before`` (bicubic) and ``after``
+(the best model on that image), each a tile without crop_psnr."""
+
 _SECTIONS = {"latency": LATENCY_FIELDS, "parity": PARITY_FIELDS, "quality": QUALITY_FIELDS, "video": VIDEO_FIELDS}
 _OPTIONAL_SECTIONS = {"tiling": TILING_FIELDS}  # absent in results written before they existed
 _TOP = ("schema_version", "environment", "config", "models", "latency", "parity", "quality", "video", "skipped")
@@ -169,6 +196,28 @@ def validate_results(data: dict[str, Any]) -> None:
     for i, row in enumerate(data["skipped"]):
         if "reason" not in row:
             raise ValueError(f"skipped[{i}] has no reason")
+    if data.get("gallery") is not None:
+        _validate_gallery(data["gallery"])
+
+
+def _validate_gallery(gallery: Any) -> None:
+    def check(where: str, item: Any, fields) -> None:
+        keys = set(item) if isinstance(item, dict) else set()
+        if keys != set(fields):
+            raise ValueError(f"{where}: missing fields {sorted(set(fields) - keys)}, "
+                             f"unexpected fields {sorted(keys - set(fields))}")
+
+    if not isinstance(gallery, dict) or not isinstance(gallery.get("panels"), list):
+        raise ValueError("gallery must be an object with a list of panels")  # noqa: TRY004 (schema faults are ValueError)
+    for i, panel in enumerate(gallery["panels"]):
+        check(f"gallery.panels[{i}]", panel, GALLERY_FIELDS)
+        for j, tile in enumerate(panel["tiles"]):
+            check(f"gallery.panels[{i}].tiles[{j}]", tile, [*_TILE, "crop_psnr"])
+    slider = gallery.get("slider")
+    if slider is not None:
+        check("gallery.slider", slider, ["dataset", "image", "scale", "box", "zoom", "before", "after"])
+        for side in ("before", "after"):
+            check(f"gallery.slider.{side}", slider[side], _TILE)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
@@ -177,264 +226,24 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _weights_note(row: dict[str, Any]) -> str:
-    return " (random weights)" if row.get("weights") == "random" else ""
-
-
-def _parity_cell(psnr: float | None, max_abs: float | None) -> str:
-    if max_abs is None:
-        return "–"
-    if psnr is None and max_abs == 0:
-        return "identical"
-    return f"{_fmt(psnr)} dB / {_fmt(max_abs)}"
-
-
-def _environment_md(env: dict[str, Any]) -> str:
-    gpu = env.get("gpu")
-    lines = [
-        f"- CPU: {env.get('cpu_model')} ({env.get('cpu_count')} logical cores, "
-        f"{env.get('cpu_affinity')} usable, torch threads {env.get('torch_threads')}); RAM {env.get('memory_gib')} GiB",
-        f"- GPU: {gpu} ({env.get('gpu_memory_gib')} GiB, capability {env.get('gpu_capability')}), driver {env.get('driver')}"
-        if gpu
-        else "- GPU: none",
-        f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), "
-        f"ONNX Runtime {env.get('onnxruntime')} {env.get('onnxruntime_providers')}, ONNX {env.get('onnx')}, "
-        f"TensorRT {env.get('tensorrt')}, PyAV {env.get('av')}, Python {env.get('python')}",
-        f"- commit {env.get('commit')}{' (dirty tree)' if env.get('dirty') else ''}; {env.get('platform')}; "
-        f"{env.get('timestamp_utc')}",
-    ]
-    return "\n".join(lines)
-
-
-def _default_path_rows(lat: list[dict[str, Any]]) -> list[list[Any]]:
-    def key(r):
-        return (r["model"], r["scale"], r["input_h"], r["input_w"], r["batch"], r["device"])
-
-    torch_rows = {key(r): r for r in lat if r["backend"] == "torch" and r["precision"] == "fp32"}
-    rows = []
-    for r in lat:
-        ref = torch_rows.get(key(r))
-        if not r["backend"].startswith("default") or ref is None:
-            continue
-        rows.append([r["model"] + _weights_note(r), f"x{r['scale']}", f"{r['input_h']}x{r['input_w']}", r["batch"],
-                     r["device"], f"{r['backend'].split(':', 1)[-1]} {r['precision']}", _fmt(ref["p50_ms"], 1),
-                     _fmt(r["p50_ms"], 1), f"{ref['p50_ms'] / r['p50_ms']:.2f}x", _fmt(r["build_s"], 1)])
-    return rows
-
-
 def render_markdown(data: dict[str, Any]) -> str:
-    """The report: environment, then one table per section, then what was skipped."""
+    """The report: environment, then one table per section (:func:`benchmarks.tables.report_tables`),
+    then what was skipped and the plots."""
     out = ["# sr-bench report", ""]
     if data.get("command"):
         out += [f"Command: `{data['command']}`" + (f" (wall time {data['wall_s']:.0f} s)" if data.get("wall_s") else ""), ""]
-    out += ["## Environment", "", _environment_md(data["environment"]), ""]
-
-    if data["models"]:
-        out += ["## Models", ""]
-        out.append(
-            _table(
-                ["model", "scale", "weights", "parameters", "source"],
-                [
-                    [m["model"], f"x{m['scale']}", m["weights"], f"{m.get('params', 0) / 1e3:.1f} k", m.get("source", "")]
-                    for m in data["models"]
-                ],
-            )
-        )
-        out.append("")
-
-    lat = data["latency"]
-    if lat:
-        mem_kinds = sorted({r["mem_kind"] for r in lat if r.get("mem_kind")})
-        out += [
-            "## Latency",
-            "",
-            "Milliseconds per call (one call = one batch) after one cold call and the warm-up calls (`warmup` in "
-            "the JSON); fps = batch x 1000 / p50. Export s: making the artifact with sr_export (ONNX export and "
-            "slim, FP16 conversion, engine build); build s: creating the backend (session, engine load); first ms: "
-            "the cold first call. Neither is in the percentiles. Parity: PSNR / max abs difference (8-bit levels) "
-            f"against PyTorch FP32 on real photos. Peak memory: {', '.join(mem_kinds)} (defined in "
-            "benchmarks/common.py `PeakMemory`).",
-            "",
-        ]
-        rows = []
-        for r in lat:
-            rows.append(
-                [
-                    r["model"] + _weights_note(r),
-                    f"x{r['scale']}",
-                    f"{r['input_h']}x{r['input_w']}",
-                    r["backend"],
-                    r["precision"],
-                    r["device"],
-                    r["batch"],
-                    r["runs"],
-                    _fmt(r["p50_ms"], 1),
-                    _fmt(r["p95_ms"], 1),
-                    _fmt(r["p99_ms"], 1),
-                    _fmt(r["fps"], 2),
-                    _fmt(r["peak_mem_mib"], 0),
-                    _fmt(r["export_s"], 1),
-                    _fmt(r["build_s"], 2),
-                    _fmt(r["first_ms"], 1),
-                    _parity_cell(r["parity_psnr_db"], r["parity_max_abs_u8"]),
-                    _fmt(r["parity_nonfinite"]),
-                ]
-            )
-        out.append(
-            _table(
-                [
-                    "model", "scale", "input HxW", "backend", "precision", "device", "batch", "runs",
-                    "p50 ms", "p95 ms", "p99 ms", "fps", "peak MiB", "export s", "build s", "first ms", "parity PSNR / max abs",
-                    "NaN/Inf",
-                ],
-                rows,
-            )
-        )
-        out.append("")
-
-    default_rows = _default_path_rows(lat)
-    if default_rows:
-        out += [
-            "## Default path",
-            "",
-            "The runtime's default (`sr-run`, `Upscaler` with backend auto: the fastest parity-checked form, built "
-            "once and cached) against PyTorch FP32 eager on the same inputs, in this run. Build s: the default "
-            "path's first start (export, parity gate and probe on a cold cache; a cache hit is well under a second).",
-            "",
-            _table(["model", "scale", "input HxW", "batch", "device", "default form", "torch FP32 p50 ms",
-                    "default p50 ms", "speed-up", "build s"], default_rows),
-            "",
-        ]
-
-    par = data["parity"]
-    if par:
-        out += [
-            "## Parity against PyTorch FP32",
-            "",
-            "Same LR crops of real photos through each form; PSNR on [0, 1] RGB (worst image), differences in 8-bit levels.",
-            "",
-        ]
-        out.append(
-            _table(
-                ["model", "scale", "backend", "precision", "device", "images", "crop", "PSNR dB", "max abs", "mean abs", "NaN/Inf"],
-                [
-                    [
-                        r["model"] + _weights_note(r), f"x{r['scale']}", r["backend"], r["precision"], r["device"],
-                        len(r["images"]), f"{r['input_h']}x{r['input_w']}",
-                        "identical" if r["psnr_db"] is None and r["max_abs_u8"] == 0 else _fmt(r["psnr_db"]),
-                        _fmt(r["max_abs_u8"], 3), _fmt(r["mean_abs_u8"], 4), r["nonfinite"],
-                    ]
-                    for r in par
-                ],
-            )
-        )
-        out.append("")
-
-    qual = data["quality"]
-    if qual:
-        out += [
-            "## Quality",
-            "",
-            "PSNR/SSIM on the Y channel with a border of `scale` pixels cropped (MATLAB bicubic degradation), "
-            "beside the published figure for the paper row named.",
-            "",
-        ]
-        out.append(
-            _table(
-                ["model", "scale", "form", "dataset", "images", "PSNR", "SSIM", "published (row)", "Δ PSNR"],
-                [
-                    [
-                        r["model"], f"x{r['scale']}", f"{r['backend']} {r['precision']} {r['device']}", r["dataset"],
-                        r["images"], _fmt(r["psnr"]), _fmt(r["ssim"], 4),
-                        f"{_fmt(r['published_psnr'])}/{_fmt(r['published_ssim'], 4)} ({r['published_method']})"
-                        if r["published_method"]
-                        else "–",
-                        _fmt(r["delta_psnr"]),
-                    ]
-                    for r in qual
-                ],
-            )
-        )
-        out.append("")
-
-    vid = data["video"]
-    if vid:
-        out += [
-            "## Video, end to end",
-            "",
-            "Pipeline = the sr-run video path (decode, upscale, libx264 encode); inference = the model alone on the "
-            "same frames; encode = libx264 alone at the output size; decode = decoding alone.",
-            "",
-        ]
-        out.append(
-            _table(
-                ["model", "scale", "backend", "precision", "clip", "frames", "in", "out",
-                 "pipeline fps", "inference fps", "encode fps", "decode fps", "serial bound fps",
-                 "pipeline / min", "pipeline / serial"],
-                [
-                    [
-                        r["model"] + _weights_note(r), f"x{r['scale']}", r["backend"], r["precision"],
-                        Path(str(r["clip"])).name, r["frames"], f"{r['input_w']}x{r['input_h']}",
-                        f"{r['output_w']}x{r['output_h']}", _fmt(r["pipeline_fps"]), _fmt(r["inference_fps"]),
-                        _fmt(r["encode_fps"]), _fmt(r["decode_fps"]), _fmt(r.get("serial_bound_fps")),
-                        _fmt(r.get("pipeline_vs_min")), _fmt(r.get("pipeline_vs_serial")),
-                    ]
-                    for r in vid
-                ],
-            )
-        )
-        out.append("")
-
-    tiling = data.get("tiling") or []
-    if tiling:
-        out += [
-            "## Tiling",
-            "",
-            "The same frame through the Upscaler whole and tiled, one backend for every mode: auto = what sr-run "
-            "plans from this machine's free memory (the whole frame when it fits); 1/4 budget = the plan on a "
-            "quarter of that memory; overhead = wall time over the whole frame's; diff = largest difference "
-            "from the whole-frame output.",
-            "",
-            _table(
-                ["model", "scale", "backend", "precision", "in", "mode", "tile", "tiles", "recomputed px",
-                 "p50 ms", "overhead", "max diff (levels)"],
-                [
-                    [
-                        r["model"] + _weights_note(r), f"x{r['scale']}", r["backend"], r["precision"],
-                        f"{r['input_w']}x{r['input_h']}", r["mode"], r["tile"], r["tiles"],
-                        f"{_fmt(r['computed_px_overhead_pct'], 1)}%", _fmt(r["p50_ms"], 1),
-                        f"{r['overhead_pct']:+.1f}%" if r["overhead_pct"] is not None else "–",
-                        _fmt(r["max_abs_u8"], 0),
-                    ]
-                    for r in tiling
-                ],
-            ),
-            "",
-        ]
-
+    out += ["## Environment", "", "\n".join(f"- {line}" for line in environment_lines(data["environment"])), ""]
+    for table in report_tables(data):
+        out += [f"## {table.title}", ""] + ([table.intro, ""] if table.intro else [])
+        out += [_table(table.header, table.rows), ""]
     if data["skipped"]:
-        out += ["## Not measured", ""]
-        for s in data["skipped"]:
-            what = " ".join(str(s[k]) for k in ("stage", "model", "scale", "backend", "precision", "dataset") if s.get(k))
-            out.append(f"- {what}: {s['reason']}")
-        out.append("")
-
+        out += ["## Not measured", ""] + [f"- {line}" for line in skipped_lines(data["skipped"])] + [""]
     plots = data.get("plots") or []
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]

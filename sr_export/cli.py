@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from sr_export.pipeline import DEFAULT_SCALE, FORMATS, ExportRequest, ExportResult, run_export
-from sr_runtime.errors import SRError
 from sr_runtime.export.onnx import DEFAULT_OPSET
+from sr_runtime.failures import add_debug_argument, run_command
 from sr_runtime.spec import parse_hw
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "build_parser", "main", "FORMATS", "DEFAULT_SCALE"]
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a super-resolution checkpoint to ONNX (FP32/FP16) and TensorRT, "
         "verifying every artifact against PyTorch FP32 on real images.",
     )
-    p.add_argument("--model", required=True, help="model name (e.g. fsrcnn, edsr) or a checkpoint .safetensors path")
+    p.add_argument("--model", required=True, help="model name (e.g. edsr, fsrcnn: its best checkpoint by recorded validation "
+                   "score, shipped or trained) or a checkpoint .safetensors path")
     p.add_argument(
         "--scale", type=int, help=f"upscaling factor (default for a name: {DEFAULT_SCALE}; a path knows its own)"
     )
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-dir", type=Path, help="extra PNG images for the parity check (default: Set5 if found)")
     p.add_argument("--no-slim", action="store_true", help="skip onnxslim")
     p.add_argument("-v", "--verbose", action="store_true", help="log every parity image")
+    add_debug_argument(p)
     return p
 
 
@@ -99,15 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="sr-export: %(message)s", stream=sys.stderr)
     if args.verbose:
         logging.getLogger("sr_export").setLevel(logging.DEBUG)
-    try:
-        result = run_export(_request_from_args(args))
-    except SRError as e:
-        print(f"sr-export: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sr-export: interrupted; nothing was left half-written", file=sys.stderr)
-        return 130
-    _print_summary(result)
+    return run_command("sr-export", lambda: _main(args), debug=args.debug,
+                       interrupted="interrupted; nothing was left half-written")
+
+
+def _main(args: argparse.Namespace) -> int:
+    _print_summary(run_export(_request_from_args(args)))
     return 0
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from sr_export.manifest import Manifest, read_manifest, write_manifest
 from sr_runtime.atomic import current_umask, sha256_file
 from sr_runtime.backends.tensorrt_sidecar import import_tensorrt, sidecar_path, tensorrt_available
-from sr_runtime.checkpoint import load_checkpoint
+from sr_runtime.checkpoint import Checkpoint, load_checkpoint
 from sr_runtime.deploy import DeployModel
 from sr_runtime.errors import ConfigError
 from sr_runtime.export import tensorrt_build
@@ -37,8 +38,17 @@ from sr_runtime.export.fp16 import convert_fp16
 from sr_runtime.export.onnx import DEFAULT_OPSET, check_onnx, io_description, set_metadata, slim_onnx
 from sr_runtime.export.profile import ShapeProfile, default_profile
 from sr_runtime.export.shapes import export_dynamic
-from sr_runtime.export.verify import OnnxRunner, ParityRow, align_size, check_parity, parity_cases, parity_sizes
-from sr_runtime.spec import format_hw
+from sr_runtime.export.verify import (
+    OnnxRunner,
+    ParityCase,
+    ParityRow,
+    align_size,
+    check_parity,
+    parity_cases,
+    parity_sizes,
+)
+from sr_runtime.failures import check_writable_dir
+from sr_runtime.spec import IOSpec, format_hw
 from sr_runtime.zoo import resolve_checkpoint
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "FORMATS", "DEFAULT_SCALE"]
@@ -202,12 +212,82 @@ def run_export(req: ExportRequest) -> ExportResult:
     """Export ``req.model`` to ONNX (and FP16 ONNX, and a TensorRT engine), verifying every artifact.
 
     Raises the typed errors of :mod:`sr_runtime.errors`: InputError/CheckpointError for the model,
-    ConfigError for options, ParityError when an artifact misses its tolerance, ExportError when a
-    step fails, BackendUnavailableError when TensorRT (or another tool) is missing -- the engine
-    check comes after the ONNX artifacts are in place.
+    ConfigError for options, OutputError for an export folder that cannot be written (checked before
+    the slow work), ParityError when an artifact misses its tolerance, ExportError when a step fails,
+    BackendUnavailableError when TensorRT (or another tool) is missing -- the engine check comes
+    after the ONNX artifacts are in place.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    formats, scale = _check_request(req)
+    with _timed(timings, "load"):
+        src = _load_source(req.model, scale, runs_dir=req.runs_dir)
+    out_dir = Path(req.out) if req.out is not None else Path("exports") / src.stem
+    # Before the slow work: a read-only or unusable target fails now, not after every parity check.
+    check_writable_dir(out_dir, what="export folder", replaced=True)
+    trace, sizes = _trace_and_parity_sizes(req, src.ckpt.spec)
+    if not any(h > trace[0] and w > trace[1] for h, w in sizes):
+        raise ConfigError(f"a parity size must exceed the trace size {format_hw(trace)}; got {sizes}")
+
+    # Phase 1: the ONNX artifacts, staged beside the target and renamed into place at the end.
+    with _staging_dir(out_dir, "tmp") as tmp:
+        onnx = _write_onnx(req, src, formats, tmp, out_dir=out_dir, trace=trace, sizes=sizes, timings=timings)
+        timings["total"] = time.perf_counter() - t_start
+        onnx.manifest.timings_s = dict(timings)
+        write_manifest(tmp, onnx.manifest)
+        _commit_dir(tmp, out_dir)
+    files = [out_dir / p.name for p in onnx.artifacts.values()]
+    log.info("onnx: wrote %s", ", ".join(str(f) for f in files))
+
+    # Phase 2: the engine. ONNX files are already in place, so a missing TensorRT costs nothing.
+    if "engine" in formats:
+        files += _write_engine(req, src, formats, onnx, out_dir=out_dir, timings=timings)
+        timings["total"] = time.perf_counter() - t_start
+        onnx.manifest.timings_s = dict(timings)
+        write_manifest(out_dir, onnx.manifest)
+    return ExportResult(out_dir=out_dir, manifest=read_manifest(out_dir), files=files)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The checkpoint being exported, loaded, and the name its files take."""
+
+    path: Path
+    how: str
+    """How the model argument was resolved, for the log and the manifest."""
+    ckpt: Checkpoint
+    deploy: DeployModel
+    sha256: str
+    name: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.name}_x{self.ckpt.scale}"
+
+
+@dataclass(frozen=True)
+class _Parity:
+    """The parity inputs and PyTorch FP32's outputs for them, computed once for every artifact."""
+
+    cases: list[ParityCase]
+    reference: dict[int, np.ndarray]
+
+
+@dataclass
+class _OnnxStage:
+    """What phase 1 wrote and the engine phase builds on."""
+
+    manifest: Manifest
+    artifacts: dict[str, Path]
+    """Precision -> ONNX file."""
+    spec: IOSpec
+    """The IOSpec the graph was exported with (its multiple_of may exceed the checkpoint's)."""
+    profile: ShapeProfile | None
+    parity: _Parity
+
+
+def _check_request(req: ExportRequest) -> tuple[tuple[str, ...], int | None]:
+    """The formats to write and the scale to load (the default one for a bare model name)."""
     if req.fp16_io and not req.fp16:
         raise ConfigError("--fp16-io selects FP16 input/output of the FP16 model; add --fp16")
     formats = _resolve_formats(req.formats)
@@ -215,179 +295,221 @@ def run_export(req: ExportRequest) -> ExportResult:
     if scale is None and not Path(req.model).suffix and not Path(req.model).exists():
         scale = DEFAULT_SCALE
         log.info("scale: %d (default; pass --scale for another)", scale)
+    return formats, scale
 
-    with _timed(timings, "load"):
-        ckpt_path, how = resolve_checkpoint(req.model, scale, runs_dir=req.runs_dir)
-        log.info("model: %s", how)
-        ckpt = load_checkpoint(ckpt_path, scale=scale)
-        spec = ckpt.spec
-        deploy = DeployModel(ckpt.model, spec).eval()
-        source_sha = sha256_file(ckpt_path)
-    scale = ckpt.scale
-    name = _export_name(ckpt.meta, ckpt.arch, scale)
-    stem = f"{name}_x{scale}"
-    out_dir = Path(req.out) if req.out is not None else Path("exports") / stem
 
+def _load_source(model: str, scale: int | None, *, runs_dir: Path) -> _Source:
+    path, how = resolve_checkpoint(model, scale, runs_dir=runs_dir)
+    log.info("model: %s", how)
+    ckpt = load_checkpoint(path, scale=scale)
+    deploy = DeployModel(ckpt.model, ckpt.spec).eval()
+    return _Source(path, how, ckpt, deploy, sha256_file(path), _export_name(ckpt.meta, ckpt.arch, ckpt.scale))
+
+
+def _trace_and_parity_sizes(req: ExportRequest, spec: IOSpec) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
-    sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
-    if not any(h > trace[0] and w > trace[1] for h, w in sizes):
-        raise ConfigError(f"a parity size must exceed the trace size {format_hw(trace)}; got {sizes}")
+    return trace, parity_sizes(spec, odd=req.odd_size, large=req.large_size)
 
-    # Phase 1: the ONNX artifacts, staged beside the target and renamed into place at the end.
-    with _staging_dir(out_dir, "tmp") as tmp:
-        raw = tmp / f"{stem}.raw.onnx"
-        final32 = tmp / f"{stem}.onnx"
-        with _timed(timings, "export_onnx"):
-            # Dynamic height/width; the size multiple the graph needs may exceed the model's own
-            # (architectures that pad to a window multiple in Python): then the exported IOSpec says so.
-            shapes = export_dynamic(deploy, spec, raw, trace_size=trace, opset=req.opset)
-        if shapes.spec != spec:
-            log.info("onnx: exported with multiple_of=%d (the checkpoint's own is %d): %s",
-                     shapes.spec.multiple_of, spec.multiple_of, shapes.tried[-1])
-            spec = shapes.spec
-            trace = (align_size(req.trace_size[0], spec), align_size(req.trace_size[1], spec))
-            sizes = parity_sizes(spec, odd=req.odd_size, large=req.large_size)
 
-        profile = None
-        if "engine" in formats:
-            profile = default_profile(
-                spec, min_hw=req.min_shape, opt_hw=req.opt_shape, max_hw=req.max_shape, batch=req.batch
-            )
-            profile = _fit_profile(req, spec, profile, None)
-        command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
+def _write_onnx(
+    req: ExportRequest,
+    src: _Source,
+    formats: tuple[str, ...],
+    tmp: Path,
+    *,
+    out_dir: Path,
+    trace: tuple[int, int],
+    sizes: list[tuple[int, int]],
+    timings: dict[str, float],
+) -> _OnnxStage:
+    """The FP32 ONNX file (and the FP16 one) in ``tmp``, each checked against PyTorch, and their manifest."""
+    spec = src.ckpt.spec
+    raw = tmp / f"{src.stem}.raw.onnx"
+    with _timed(timings, "export_onnx"):
+        # Dynamic height/width; the size multiple the graph needs may exceed the model's own
+        # (architectures that pad to a window multiple in Python): then the exported IOSpec says so.
+        shapes = export_dynamic(src.deploy, spec, raw, trace_size=trace, opset=req.opset)
+    if shapes.spec != spec:
+        log.info("onnx: exported with multiple_of=%d (the checkpoint's own is %d): %s",
+                 shapes.spec.multiple_of, spec.multiple_of, shapes.tried[-1])
+        spec = shapes.spec
+        trace, sizes = _trace_and_parity_sizes(req, spec)
 
-        cases = parity_cases(sizes, folder=req.parity_dir, batch=shapes.batch or 2)
-        with _timed(timings, "reference_torch"), torch.no_grad():
-            reference = {id(c): deploy(torch.from_numpy(c.lr)).numpy() for c in cases}
-
-        shape_info = {"shapes": shapes.shapes, "multiple_of": spec.multiple_of, "batch": shapes.batch or "dynamic"}
-        if shapes.raised:
-            shape_info["why"] = f"the graph fails at the checkpoint's multiple_of {ckpt.spec.multiple_of}: {shapes.tried[0]}"
-        if shapes.batch_why:
-            shape_info["batch_why"] = shapes.batch_why
-        manifest = Manifest(
-            name=name,
-            scale=scale,
-            command=command,
-            source={
-                "path": str(ckpt_path),
-                "resolved_as": how,
-                "sha256": source_sha,
-                "arch": ckpt.arch,
-                "hparams": ckpt.hparams,
-                "checkpoint_name": ckpt.meta.get("name"),
-                "metrics": ckpt.meta.get("metrics") or {},
-                "code_revision": ckpt.meta.get("code_revision"),
-            },
-            io={**io_description(), "io_spec": spec.to_dict(), "trace_size": format_hw(trace), **shape_info},
-        )
-        base_meta = {
-            "name": name,
-            "scale": str(scale),
-            "arch": ckpt.arch,
-            "contract": {**io_description(), "io_spec": spec.to_dict(), **shape_info},
-            "io_spec": spec.to_dict(),
-            "shapes": shapes.shapes,
-            "batch": str(shapes.batch or "dynamic"),
-            "source_checkpoint": ckpt_path.name,
-            "source_sha256": source_sha,
-        }
-        with _timed(timings, "parity_onnx_raw"):
-            rows = check_parity(f"{raw.name} (ONNX Runtime CPU)", OnnxRunner(raw), reference, cases, precision="fp32")
-        manifest.parity += rows
-        if req.slim:
-            with _timed(timings, "slim"):
-                slim_onnx(raw, final32)
-            with _timed(timings, "parity_onnx"):
-                rows = check_parity(
-                    f"{final32.name} (ONNX Runtime CPU)", OnnxRunner(final32), reference, cases, precision="fp32"
-                )
-            manifest.parity += rows
-            raw.unlink()
-        else:
-            os.replace(raw, final32)
-        set_metadata(final32, {**base_meta, "precision": "fp32", "parity": _parity_summary(rows)})
-        check_onnx(final32)
-        manifest.add_file(final32, kind="onnx", precision="fp32")
-        artifacts = {"fp32": final32}
-
-        if req.fp16:
-            final16 = tmp / f"{stem}_fp16.onnx"
-            cal_h, cal_w = (align_size(v, spec) for v in req.fp16_calibration_size)
-            calibration = [c.lr for c in parity_cases([(cal_h, cal_w)], batch=1)]
-            with _timed(timings, "fp16_convert"):
-                result = convert_fp16(final32, final16, calibration=calibration, keep_io_fp32=not req.fp16_io)
-                check_onnx(final16)
-            with _timed(timings, "parity_onnx_fp16"):
-                rows = check_parity(
-                    f"{final16.name} (ONNX Runtime CPU)", OnnxRunner(final16), reference, cases, precision="fp16"
-                )
-            manifest.parity += rows
-            manifest.fp16 = result.to_dict()
-            set_metadata(
-                final16,
-                {
-                    **base_meta,
-                    "precision": "fp16",
-                    "io_dtype": "float16" if req.fp16_io else "float32",
-                    "parity": _parity_summary(rows),
-                },
-            )
-            manifest.add_file(final16, kind="onnx", precision="fp16")
-            artifacts["fp16"] = final16
-
-        manifest.profile = profile.to_dict() if profile is not None else None
-        timings["total"] = time.perf_counter() - t_start
-        manifest.timings_s = dict(timings)
-        write_manifest(tmp, manifest)
-        _commit_dir(tmp, out_dir)
-    log.info("onnx: wrote %s", ", ".join(str(out_dir / p.name) for p in artifacts.values()))
-    files = [out_dir / p.name for p in artifacts.values()]
-
-    # Phase 2: the engine. ONNX files are already in place, so a missing TensorRT costs nothing.
+    profile = None
     if "engine" in formats:
-        assert profile is not None
-        precision = "fp16" if req.fp16 else "fp32"
-        onnx_path = out_dir / artifacts[precision].name
-        import_tensorrt()
-        profile = _fit_profile(req, spec, profile, onnx_path)
-        command = req.command(model_path=ckpt_path, scale=scale, formats=formats, profile=profile, out=out_dir)
-        engine_name = f"{stem}_fp16.engine" if req.fp16 else f"{stem}.engine"
-        with _staging_dir(out_dir, "engine-tmp") as tmp:
-            with _timed(timings, "engine_build"):
-                engine_path, record = tensorrt_build.build_engine(
-                    onnx_path,
-                    tmp / engine_name,
-                    spec=spec,
-                    profile=profile,
-                    command=command,
-                    workspace_gib=req.workspace_gib,
-                    cache_dir=req.cache_dir,
-                )
-            with _timed(timings, "parity_engine"):
-                engine_cases, reference = _engine_cases(profile, cases, reference, deploy)
-                rows = check_parity(
-                    f"{engine_name} (TensorRT)",
-                    tensorrt_build.TrtRunner(engine_path),
-                    reference,
-                    engine_cases,
-                    precision=precision,
-                )
-            sidecar = sidecar_path(engine_path)
-            os.replace(engine_path, out_dir / engine_name)
-            os.replace(sidecar, out_dir / sidecar.name)
+        profile = default_profile(
+            spec, min_hw=req.min_shape, opt_hw=req.opt_shape, max_hw=req.max_shape, batch=req.batch
+        )
+        profile = _fit_profile(req, spec, profile, None)
+    command = req.command(model_path=src.path, scale=src.ckpt.scale, formats=formats, profile=profile, out=out_dir)
+
+    cases = parity_cases(sizes, folder=req.parity_dir, batch=shapes.batch or 2)
+    with _timed(timings, "reference_torch"), torch.no_grad():
+        parity = _Parity(cases, {id(c): src.deploy(torch.from_numpy(c.lr)).numpy() for c in cases})
+
+    shape_info = {"shapes": shapes.shapes, "multiple_of": spec.multiple_of, "batch": shapes.batch or "dynamic"}
+    if shapes.raised:
+        shape_info["why"] = (
+            f"the graph fails at the checkpoint's multiple_of {src.ckpt.spec.multiple_of}: {shapes.tried[0]}"
+        )
+    if shapes.batch_why:
+        shape_info["batch_why"] = shapes.batch_why
+    manifest = _new_manifest(src, command, io={
+        **io_description(), "io_spec": spec.to_dict(), "trace_size": format_hw(trace), **shape_info
+    })
+    meta = {
+        "name": src.name,
+        "scale": str(src.ckpt.scale),
+        "arch": src.ckpt.arch,
+        "contract": {**io_description(), "io_spec": spec.to_dict(), **shape_info},
+        "io_spec": spec.to_dict(),
+        "shapes": shapes.shapes,
+        "batch": str(shapes.batch or "dynamic"),
+        "source_checkpoint": src.path.name,
+        "source_sha256": src.sha256,
+    }
+
+    final32 = tmp / f"{src.stem}.onnx"
+    manifest.parity += _onnx_fp32(req, raw, final32, meta, parity, timings)
+    manifest.add_file(final32, kind="onnx", precision="fp32")
+    artifacts = {"fp32": final32}
+    if req.fp16:
+        final16 = tmp / f"{src.stem}_fp16.onnx"
+        rows, manifest.fp16 = _onnx_fp16(req, final32, final16, spec, meta, parity, timings)
         manifest.parity += rows
-        manifest.profile = profile.to_dict()
-        manifest.command = command
-        manifest.engine = {**record.to_dict(), "file": engine_name}
-        manifest.add_file(out_dir / engine_name, kind="engine", precision=precision)
-        manifest.add_file(out_dir / sidecar.name, kind="engine-sidecar")
-        timings["total"] = time.perf_counter() - t_start
-        manifest.timings_s = dict(timings)
-        write_manifest(out_dir, manifest)
-        files += [out_dir / engine_name, out_dir / sidecar.name]
-        log.info("engine: wrote %s", out_dir / engine_name)
-    return ExportResult(out_dir=out_dir, manifest=read_manifest(out_dir), files=files)
+        manifest.add_file(final16, kind="onnx", precision="fp16")
+        artifacts["fp16"] = final16
+    manifest.profile = profile.to_dict() if profile is not None else None
+    return _OnnxStage(manifest, artifacts, spec, profile, parity)
+
+
+def _new_manifest(src: _Source, command: str, *, io: dict) -> Manifest:
+    return Manifest(
+        name=src.name,
+        scale=src.ckpt.scale,
+        command=command,
+        source={
+            "path": str(src.path),
+            "resolved_as": src.how,
+            "sha256": src.sha256,
+            "arch": src.ckpt.arch,
+            "hparams": src.ckpt.hparams,
+            "checkpoint_name": src.ckpt.meta.get("name"),
+            "metrics": src.ckpt.meta.get("metrics") or {},
+            "code_revision": src.ckpt.meta.get("code_revision"),
+        },
+        io=io,
+    )
+
+
+def _onnx_fp32(
+    req: ExportRequest, raw: Path, final: Path, meta: dict, parity: _Parity, timings: dict[str, float]
+) -> list[ParityRow]:
+    """``raw`` checked, slimmed into ``final`` (unless ``req.slim`` is off) and checked again, with its
+    metadata; returns every parity row."""
+    with _timed(timings, "parity_onnx_raw"):
+        rows = check_parity(
+            f"{raw.name} (ONNX Runtime CPU)", OnnxRunner(raw), parity.reference, parity.cases, precision="fp32"
+        )
+    every = list(rows)
+    if req.slim:
+        with _timed(timings, "slim"):
+            slim_onnx(raw, final)
+        with _timed(timings, "parity_onnx"):
+            rows = check_parity(
+                f"{final.name} (ONNX Runtime CPU)", OnnxRunner(final), parity.reference, parity.cases, precision="fp32"
+            )
+        every += rows
+        raw.unlink()
+    else:
+        os.replace(raw, final)
+    set_metadata(final, {**meta, "precision": "fp32", "parity": _parity_summary(rows)})
+    check_onnx(final)
+    return every
+
+
+def _onnx_fp16(
+    req: ExportRequest,
+    fp32: Path,
+    final: Path,
+    spec: IOSpec,
+    meta: dict,
+    parity: _Parity,
+    timings: dict[str, float],
+) -> tuple[list[ParityRow], dict]:
+    """``fp32`` converted to FP16 into ``final`` and checked, with its metadata; returns the parity rows
+    and the conversion's record."""
+    cal_h, cal_w = (align_size(v, spec) for v in req.fp16_calibration_size)
+    calibration = [c.lr for c in parity_cases([(cal_h, cal_w)], batch=1)]
+    with _timed(timings, "fp16_convert"):
+        result = convert_fp16(fp32, final, calibration=calibration, keep_io_fp32=not req.fp16_io)
+        check_onnx(final)
+    with _timed(timings, "parity_onnx_fp16"):
+        rows = check_parity(
+            f"{final.name} (ONNX Runtime CPU)", OnnxRunner(final), parity.reference, parity.cases, precision="fp16"
+        )
+    set_metadata(
+        final,
+        {
+            **meta,
+            "precision": "fp16",
+            "io_dtype": "float16" if req.fp16_io else "float32",
+            "parity": _parity_summary(rows),
+        },
+    )
+    return rows, result.to_dict()
+
+
+def _write_engine(
+    req: ExportRequest,
+    src: _Source,
+    formats: tuple[str, ...],
+    onnx: _OnnxStage,
+    *,
+    out_dir: Path,
+    timings: dict[str, float],
+) -> list[Path]:
+    """The TensorRT engine and its sidecar, built from the ONNX file in ``out_dir``, checked and moved in
+    beside it; the manifest gains their entries. Returns their paths."""
+    assert onnx.profile is not None
+    precision = "fp16" if req.fp16 else "fp32"
+    onnx_path = out_dir / onnx.artifacts[precision].name
+    import_tensorrt()
+    profile = _fit_profile(req, onnx.spec, onnx.profile, onnx_path)
+    command = req.command(model_path=src.path, scale=src.ckpt.scale, formats=formats, profile=profile, out=out_dir)
+    engine_name = f"{src.stem}_fp16.engine" if req.fp16 else f"{src.stem}.engine"
+    with _staging_dir(out_dir, "engine-tmp") as tmp:
+        with _timed(timings, "engine_build"):
+            engine_path, record = tensorrt_build.build_engine(
+                onnx_path,
+                tmp / engine_name,
+                spec=onnx.spec,
+                profile=profile,
+                command=command,
+                workspace_gib=req.workspace_gib,
+                cache_dir=req.cache_dir,
+            )
+        with _timed(timings, "parity_engine"):
+            engine_cases, reference = _engine_cases(profile, onnx.parity.cases, onnx.parity.reference, src.deploy)
+            rows = check_parity(
+                f"{engine_name} (TensorRT)",
+                tensorrt_build.TrtRunner(engine_path),
+                reference,
+                engine_cases,
+                precision=precision,
+            )
+        sidecar = sidecar_path(engine_path)
+        os.replace(engine_path, out_dir / engine_name)
+        os.replace(sidecar, out_dir / sidecar.name)
+    manifest = onnx.manifest
+    manifest.parity += rows
+    manifest.profile = profile.to_dict()
+    manifest.command = command
+    manifest.engine = {**record.to_dict(), "file": engine_name}
+    manifest.add_file(out_dir / engine_name, kind="engine", precision=precision)
+    manifest.add_file(out_dir / sidecar.name, kind="engine-sidecar")
+    log.info("engine: wrote %s", out_dir / engine_name)
+    return [out_dir / engine_name, out_dir / sidecar.name]
 
 
 def _engine_cases(profile: ShapeProfile, cases: list, reference: dict, deploy: DeployModel) -> tuple[list, dict]:

@@ -1,9 +1,9 @@
 """One input file to one output file: the unit of work of ``sr-run`` for folders, here or on workers.
 
 :func:`process_file` takes a :class:`FileTask` and an :class:`~sr_runtime.upscaler.Upscaler`; the
-runners of :mod:`sr_runtime.distributed` map it over the files of a folder (``sr-run DIR --ray``),
+runners of :mod:`sr_runtime.video.runners` map it over the files of a folder (``sr-run DIR --ray``),
 one file per task, and report each file's error on its own line as a local run does. A video is
-done as a segmented, resumable job (:func:`sr_runtime.videojob.run_video`) on the worker it lands on.
+done as a segmented, resumable job (:func:`sr_runtime.video.job.run_video`) on the worker it lands on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class FileTask:
     dst: str
     quality: int | None = None
     video: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of :func:`sr_runtime.videojob.run_video` (codec, crf, segment_seconds...)."""
+    """Keyword arguments of :func:`sr_runtime.video.job.run_video` (codec, crf, segment_seconds...)."""
 
 
 def process_file(up, task: FileTask, progress=None) -> str:
@@ -40,7 +40,7 @@ def process_file(up, task: FileTask, progress=None) -> str:
             raise InputError(f"{src}: the output would overwrite the input; use -o")
         dst.parent.mkdir(parents=True, exist_ok=True)
         if is_video(src):
-            from sr_runtime.videojob import run_video
+            from sr_runtime.video.job import run_video
 
             frames, seconds = run_video(up, src, dst, **task.video)
             return f"{src} -> {dst}: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} fps)"

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from sr_runtime.errors import InputError, SRError
+from sr_runtime.failures import add_debug_argument, check_writable_dir, run_command
 from sr_runtime.options import RuntimeOptions
 
 __all__ = ["main", "build_parser"]
@@ -40,14 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Upscale images, folders, globs and videos with a super-resolution model.",
-        epilog="Exit codes: 0 done, 1 some inputs failed, 2 nothing done (error), 130 interrupted.",
+        epilog="Exit codes: 0 done, 1 some inputs failed (or a fault), 2 nothing done (error), 130 interrupted.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image/video files, folders or glob patterns")
     p.add_argument("--scale", type=int, help="upscaling factor (needed with a model name; read from model files)")
     p.add_argument(
         "--model",
-        help="model name (fsrcnn, edsr, ...), checkpoint .safetensors, .onnx, .engine or OpenVINO .xml "
-        "(default: the best model shipped for --scale)",
+        help="model name (edsr, fsrcnn, ...), checkpoint .safetensors, .onnx, .engine or OpenVINO .xml. "
+        "Default: the best model for --scale by recorded Set5 PSNR. A name means its best checkpoint: the "
+        "shipped weights, or a training run under --runs-dir whose score on the same validation set beats "
+        "them (else one line names the run and how to use it: pass its path)",
     )
     p.add_argument("-o", "--output", help="output file (one input) or folder (default: beside each input)")
     g = p.add_argument_group("backend")
@@ -99,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("demo")
     d.add_argument("--demo", action="store_true", help="upscale a sample photo and write a side-by-side comparison")
+    d.add_argument("--compare", action="store_true",
+                   help="also write OUTPUT_compare.png: where the input, bicubic-enlarged, and the output differ "
+                   "most, side by side, enlarged so the pixels show (images only)")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_argument(o)
     return p
 
 
@@ -138,24 +145,24 @@ def _make_upscaler(args: argparse.Namespace):
 
 def _make_runner(args: argparse.Namespace, up):
     """Where video segments and folder files run: here, in worker processes, or on Ray."""
-    from sr_runtime.videojob import LocalRunner
+    from sr_runtime.video.runners import LocalRunner
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     kwargs = {**_upscaler_kwargs(args), "scale": up.scale}
     if args.ray is not None:
-        from sr_runtime.distributed import RayRunner
+        from sr_runtime.video.runners import RayRunner
 
         return RayRunner(kwargs, address=args.ray or None, workers=args.workers)
-    from sr_runtime.distributed import ProcessRunner, default_workers
+    from sr_runtime.video.runners import ProcessRunner, default_workers
 
     workers = args.workers or default_workers(args.device)
     return ProcessRunner(kwargs, workers) if workers > 1 else LocalRunner(up)
 
 
 def _video_options(args: argparse.Namespace, up, runner) -> dict:
-    """Keyword arguments of sr_runtime.videojob.run_video for every video of this run."""
-    from sr_runtime.videojob import model_identity
+    """Keyword arguments of sr_runtime.video.job.run_video for every video of this run."""
+    from sr_runtime.video.job import model_identity
 
     sha = model_identity(args.model, up.scale) if args.segment_seconds else None
     options = {k: getattr(args, k) for k in ("backend", "device", "precision", "provider", "tile", "tile_overlap")}
@@ -221,7 +228,7 @@ def _output_for(src: Path, root: Path, *, args: argparse.Namespace, scale: int, 
 def _run_files(args: argparse.Namespace) -> int:
     from sr_runtime.batch import FileTask, process_file
     from sr_runtime.progress import Progress
-    from sr_runtime.videojob import LocalRunner
+    from sr_runtime.video.runners import LocalRunner
 
     jobs, errors = _expand(args.inputs, args.recursive)
     for message in errors:
@@ -231,6 +238,9 @@ def _run_files(args: argparse.Namespace) -> int:
     if args.segment_seconds < 0:
         raise InputError(f"--segment-seconds must be >= 0, got {args.segment_seconds}")
     single = len(jobs) == 1 and len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    if args.output is not None:  # before the model loads: a read-only -o fails in a second, not after the work
+        out = Path(args.output)
+        check_writable_dir(out.parent if single and out.suffix and not out.is_dir() else out)
     done = skipped = 0
     failed = len(errors)
     with _make_upscaler(args) as up:
@@ -258,6 +268,10 @@ def _run_files(args: argparse.Namespace) -> int:
                     if ok:
                         log.info("%s", value)
                         done += 1
+                        if args.compare:
+                            from sr_runtime.compare import compare_output
+
+                            log.info("%s", compare_output(_item.src, _item.dst, up.scale))
                     else:
                         _error(str(value))
                         failed += 1
@@ -290,6 +304,7 @@ def _demo(args: argparse.Namespace) -> int:
 
         args.model = default_model(scale)  # InputError naming what ships when nothing does
     args.scale = scale
+    out = check_writable_dir(Path(args.output or "demo_out"))
     hr_u8 = np.ascontiguousarray(data.astronaut()[_DEMO_CROP])
     hr = image_to_tensor(hr_u8)
     lr_u8 = tensor_to_image(make_lr(hr, scale))
@@ -301,7 +316,6 @@ def _demo(args: argparse.Namespace) -> int:
     db_bicubic = float(psnr(image_to_tensor(bicubic_u8), hr, crop=scale)[0])
     gap = np.full((hr_u8.shape[0], 4, 3), 255, np.uint8)
     side = np.concatenate([bicubic_u8, gap, sr_u8, gap, hr_u8], axis=1)
-    out = Path(args.output or "demo_out")
     paths = [
         write_image(out / "astronaut_lr.png", lr_u8),
         write_image(out / f"astronaut_x{scale}.png", sr_u8),
@@ -319,26 +333,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    try:
-        if args.list_backends:
-            from sr_runtime.backends import available_backends
+    return run_command(PROG, lambda: _main(parser, args), debug=args.debug,
+                       interrupted="error: interrupted; no partial output was kept")
 
-            for name, options in available_backends().items():
-                print(f"{name:12s} {', '.join(options) if options else 'not available'}")
-            return 0
-        if args.demo:
-            return _demo(args)
-        if not args.inputs:
-            parser.error("give at least one INPUT (or --demo)")
-        if args.format and args.output and Path(args.output).suffix and len(args.inputs) == 1:
-            raise InputError("give either --format or an output file name with an extension, not both")
-        return _run_files(args)
-    except SRError as e:
-        _error(str(e))
-        return 2
-    except KeyboardInterrupt as e:
-        _error(str(e) or "interrupted; no partial output was kept")
-        return 130
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.list_backends:
+        from sr_runtime.backends import available_backends
+
+        for name, options in available_backends().items():
+            print(f"{name:12s} {', '.join(options) if options else 'not available'}")
+        return 0
+    if args.demo:
+        return _demo(args)
+    if not args.inputs:
+        parser.error("give at least one INPUT (or --demo)")
+    if args.format and args.output and Path(args.output).suffix and len(args.inputs) == 1:
+        raise InputError("give either --format or an output file name with an extension, not both")
+    return _run_files(args)
 
 
 if __name__ == "__main__":

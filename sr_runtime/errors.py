@@ -18,6 +18,7 @@ __all__ = [
     "ExportError",
     "ParityError",
     "VideoError",
+    "OutputError",
 ]
 
 
@@ -71,3 +72,8 @@ class ParityError(ExportError):
 
 class VideoError(InputError):
     """A video cannot be decoded or encoded."""
+
+
+class OutputError(InputError):
+    """An output file or folder cannot be written: a read-only file system, no permission, a full disk,
+    or a file where a folder belongs."""

@@ -12,8 +12,8 @@ import json
 import logging
 import sys
 
-from sr_runtime.errors import SRError
 from sr_runtime.evaluate import EvalResult, evaluate_folder, load_model
+from sr_runtime.failures import add_debug_argument, run_command
 
 __all__ = ["main", "build_parser", "format_table"]
 
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("data_dir", help="folder of HR images (e.g. Set5)")
     parser.add_argument("--scale", type=int, required=True, choices=range(1, 17), metavar="S", help="upscaling factor")
     method = parser.add_mutually_exclusive_group(required=True)
-    method.add_argument("--model", help="model name (newest run, else shipped weights) or checkpoint path")
+    method.add_argument("--model", help="model name (its best checkpoint by recorded validation score: shipped "
+                        "weights, or a training run that beats them on the same set) or checkpoint path")
     method.add_argument("--bicubic", action="store_true", help="evaluate MATLAB bicubic upscaling (the baseline)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: cpu)")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: auto)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), help="fp32 forces full precision on the default path")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each image to stderr")
+    add_debug_argument(parser)
     return parser
 
 
@@ -60,22 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
     )
-    try:
-        model, method, checkpoint = None, "bicubic", None
-        if args.model:
-            model, method, checkpoint = load_model(args.model, args.scale, device=args.device, runs_dir=args.runs_dir,
-                                                   backend=args.backend, precision=args.precision)
-        result = evaluate_folder(
-            args.data_dir,
-            args.scale,
-            model=model,
-            device=args.device,
-            method=method,
-            checkpoint=str(checkpoint) if checkpoint else None,
-        )
-    except SRError as e:
-        print(f"sr-eval: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("sr-eval", lambda: _main(args), debug=args.debug, interrupted="interrupted; nothing was written")
+
+
+def _main(args: argparse.Namespace) -> int:
+    model, method, checkpoint = None, "bicubic", None
+    if args.model:
+        model, method, checkpoint = load_model(args.model, args.scale, device=args.device, runs_dir=args.runs_dir,
+                                               backend=args.backend, precision=args.precision)
+    result = evaluate_folder(
+        args.data_dir,
+        args.scale,
+        model=model,
+        device=args.device,
+        method=method,
+        checkpoint=str(checkpoint) if checkpoint else None,
+    )
     if args.json:
         out = result.to_dict()
         out["model"] = args.model

@@ -27,7 +27,8 @@ from sr_runtime.images import list_images, read_image
 from sr_runtime.metrics import psnr, ssim
 from sr_runtime.resize import imresize, make_lr, modcrop, quantize_u8
 
-__all__ = ["ImageScore", "EvalResult", "evaluate_folder", "score_image", "super_resolve", "load_model", "min_hr_size"]
+__all__ = ["ImageScore", "EvalResult", "evaluate_folder", "score_image", "super_resolve", "load_model", "min_hr_size",
+           "dataset_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,16 @@ def score_image(hr: torch.Tensor, scale: int, *, model: SRModel | None = None) -
 
     Use float64 for ``hr`` to match the published bicubic numbers to the last digit.
     """
+    p, s, _, _ = _score(hr, scale, model)
+    return p, s
+
+
+def _score(hr: torch.Tensor, scale: int, model: SRModel | None) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """(PSNR, SSIM, the mod-cropped HR, the SR) of one image under the protocol."""
     hr = modcrop(hr, scale)
     lr = make_lr(hr, scale, quantize=True)
     sr = super_resolve(lr, scale, model=model)
-    return float(psnr(sr, hr, crop=scale)[0]), float(ssim(sr, hr, crop=scale)[0])
+    return float(psnr(sr, hr, crop=scale)[0]), float(ssim(sr, hr, crop=scale)[0]), hr, sr
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -152,6 +159,18 @@ def _load_hr(path: Path, scale: int, device: torch.device) -> torch.Tensor:
     return image_to_tensor(img.pixels, device=device, dtype=torch.float64)
 
 
+def dataset_fingerprint(folder: str | os.PathLike) -> str:
+    """``sha256:<16 hex>`` of a folder's images (names and bytes, sorted): two scores are comparable
+    only when they were measured on the same fingerprint. Raises InputError for a folder without images."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in list_images([folder]):
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def evaluate_folder(
     data_dir: str | os.PathLike,
     scale: int,
@@ -160,11 +179,14 @@ def evaluate_folder(
     device: str | torch.device = "cpu",
     method: str | None = None,
     checkpoint: str | None = None,
+    on_image: Callable[[ImageScore, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """Score every image in ``data_dir`` (not recursive) with the protocol; bicubic when ``model`` is None.
 
     ``model`` maps RGB (1, 3, h, w) float32 in [0, 1] to (1, 3, s*h, s*w) on ``device`` (see
-    :func:`load_model`); ``method`` and ``checkpoint`` only label the result. All images are read
+    :func:`load_model`); ``method`` and ``checkpoint`` only label the result. ``on_image(score, hr, sr)``,
+    when given, sees each image as it is scored: the mod-cropped HR and the SR, (1, C, H, W) float64
+    in [0, 1] on 8-bit levels (sr-bench cuts its side-by-side crops from them). All images are read
     and checked before any is scored. Raises InputError for a missing or empty folder, a file
     that is not an image, or an image too small for the scale (naming the file);
     BackendUnavailableError when CUDA is asked for and missing.
@@ -179,9 +201,11 @@ def evaluate_folder(
     hrs = [(path, _load_hr(path, scale, device)) for path in paths]
     scores = []
     for path, hr in hrs:
-        p, s = score_image(hr, scale, model=model)
+        p, s, hr_cropped, sr = _score(hr, scale, model)
         log.info("%s: PSNR %.4f dB, SSIM %.4f", path.name, p, s)
         scores.append(ImageScore(path.stem, p, s))
+        if on_image is not None:
+            on_image(scores[-1], hr_cropped, sr)
     return EvalResult(
         data_dir=str(data_dir),
         scale=scale,

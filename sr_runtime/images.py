@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sr_runtime.errors import InputError
+from sr_runtime.errors import InputError, OutputError
+from sr_runtime.failures import describe_os_error
 
 __all__ = ["ImageData", "IMAGE_EXTENSIONS", "read_image", "write_image", "list_images"]
 
@@ -315,7 +316,7 @@ def write_image(
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual mode
     except OSError as e:
-        raise InputError(f"{path}: cannot create the file in {path.parent} ({e})") from e
+        raise OutputError(f"{path}: cannot create the file: {describe_os_error(e, path.parent)}") from e
     try:
         with os.fdopen(fd, "wb") as f:
             if arr.dtype == np.uint16:
@@ -332,6 +333,8 @@ def write_image(
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OutputError(f"{path}: cannot write the image: {describe_os_error(e, path.parent)}") from e
         if isinstance(e, (OSError, ValueError)) and not isinstance(e, InputError):
             raise InputError(f"{path}: cannot write the image ({e})") from e
         raise

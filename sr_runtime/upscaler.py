@@ -15,11 +15,10 @@ parallel); backends are not re-entrant. For parallel work use one Upscaler per t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import queue
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -79,31 +78,6 @@ def _available_ram() -> int:
         return 2 << 30
 
 
-class _PinnedPool:
-    """Page-locked host buffers reused across batches; a buffer comes back only after the copy that
-    used it (``event``) has completed."""
-
-    def __init__(self, count: int, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(count):
-            self._free.put((torch.empty(shape, dtype=dtype, pin_memory=True), None))
-
-    def get(self, check: Callable[[], None] | None = None) -> torch.Tensor:
-        while True:
-            if check is not None:
-                check()
-            try:
-                buf, event = self._free.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if event is not None:
-                event.synchronize()
-            return buf
-
-    def put(self, buf: torch.Tensor, event: torch.cuda.Event | None = None) -> None:
-        self._free.put((buf, event))
-
-
 class Upscaler:
     """A super-resolution model ready to run, with tiling.
 
@@ -149,12 +123,15 @@ class Upscaler:
         memory_budget: int | None = None,
         **runtime: Any,
     ) -> None:
+        if options is not None and runtime:
+            raise InputError(f"give options= or the keywords {', '.join(sorted(runtime))}, not both")
+        self.options = options if options is not None else RuntimeOptions.from_keywords(runtime)
         if model is None:
             if scale is None:
                 raise InputError("give a model (name or file) or a scale to pick the default model")
             from sr_runtime.zoo import default_model
 
-            model = default_model(scale)
+            model = default_model(scale, runs_dir=self.options.runs_dir)
         if tile is not None and tile < 0:
             raise InputError(f"tile must be >= 0 (0 turns tiling off), got {tile}")
         if tile_overlap is not None and tile_overlap < 0:
@@ -163,9 +140,6 @@ class Upscaler:
             raise InputError(f"batch must be >= 1, got {batch}")
         if memory_budget is not None and memory_budget < 1:
             raise InputError(f"memory budget must be a positive number of bytes, got {memory_budget}")
-        if options is not None and runtime:
-            raise InputError(f"give options= or the keywords {', '.join(sorted(runtime))}, not both")
-        self.options = options if options is not None else RuntimeOptions.from_keywords(runtime)
         self.memory_budget = memory_budget
         self.backend: Backend = load_backend(model, self.options, scale=scale)
         self.spec = self.backend.spec
@@ -188,6 +162,7 @@ class Upscaler:
         self.batch = batch
         self._fixed_tile: int | tuple[int, int] | None = None
         self._lock = threading.Lock()
+        self._model_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
         log.info(
             "upscaler: x%d, %s, tile %s, overlap %d px, batch %d",
             self.scale,
@@ -298,7 +273,7 @@ class Upscaler:
     def _run_plan(self, lr, write, tile, exact, peak, progress) -> None:
         run_tiled_adaptive(
             lr,
-            self.backend.run,
+            self._model_fn or self.backend.run,
             scale=self.scale,
             write=write,
             tile=tile,
@@ -334,6 +309,16 @@ class Upscaler:
             )
 
     # --- public API ------------------------------------------------------------------------------
+
+    def with_model_fn(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Upscaler:
+        """A view of this Upscaler (same backend, tiling and settings, its own lock) whose model calls go
+        to ``fn`` instead of the backend: a service runs one view per thread with ``fn`` batching the
+        tiles of concurrent requests (:class:`sr_runtime.serve.batcher.TileBatcher`). Close the original,
+        not the views."""
+        view = copy.copy(self)
+        view._lock = threading.Lock()
+        view._model_fn = fn
+        return view
 
     def upscale(self, image: np.ndarray | torch.Tensor, *, progress: ProgressFn | None = None):
         """Upscale one image.
@@ -454,92 +439,25 @@ class Upscaler:
         the container does not say). Nothing is left at ``dst`` on failure or Ctrl-C.
         Raises InputError, VideoError.
         """
-        from sr_runtime.video import probe_video
+        from sr_runtime.video.pipeline import upscale_video
+        from sr_runtime.video.writer import Encoding
 
-        src, dst = Path(src), Path(dst)
-        if src.resolve() == dst.resolve():
-            raise InputError(f"{dst}: the output would overwrite the input; choose another name")
-        info = probe_video(src)
-        return self._video_pass(
-            src, dst, info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress, whole=True
-        )
+        return upscale_video(self, src, dst, encoding=Encoding(codec, crf, preset, pix_fmt), progress=progress)
 
-    def upscale_video_segment(
-        self,
-        src: str | os.PathLike,
-        dst: str | os.PathLike,
-        info,
-        *,
-        start_pts: int,
-        end_pts: int | None,
-        seek_pts: int | None,
-        first_index: int = 0,
-        codec: str = "libx264",
-        crf: int | None = 18,
-        preset: str | None = None,
-        pix_fmt: str | None = None,
-        progress: ProgressFn | None = None,
-    ) -> VideoResult:
-        """Upscale the frames of ``src`` with ``start_pts <= pts < end_pts`` (``end_pts`` None: to the
-        end) into a video-only ``dst``, decoding from the keyframe at ``seek_pts``; ``info`` is
-        :func:`sr_runtime.video.probe_video` of ``src``. The pieces of a segmented job
-        (:mod:`sr_runtime.videojob`), joined by :func:`sr_runtime.video.join_segments`, which adds
-        the audio and the display matrix. Written atomically, as :meth:`upscale_video`."""
-        return self._video_pass(
-            Path(src), Path(dst), info, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, progress=progress,
-            whole=False, reader_range={"start_pts": start_pts, "end_pts": end_pts, "seek_pts": seek_pts,
-                                       "first_index": first_index},
-        )
+    def run_tiled(
+        self, lr: torch.Tensor, write: Callable, *, peak: float | None, progress: ProgressFn | None = None
+    ) -> None:
+        """Run the model over ``lr`` (N, C, H, W; C = 1 or 3) on :attr:`device`, tiled as for an image.
 
-    def _video_pass(
-        self, src: Path, dst: Path, info, *, codec, crf, preset, pix_fmt, progress, whole: bool,
-        reader_range: dict | None = None,
-    ) -> VideoResult:
-        """Decode, upscale and encode ``src`` (or a range of it) into ``dst``; ``whole``: the entire
-        video with its audio/subtitles and display matrix, else a video-only segment."""
-        from sr_runtime.video import VideoReader, VideoWriter, default_pix_fmt
-
-        start = time.perf_counter()
-        s = self.scale
-        pix_fmt = pix_fmt or default_pix_fmt(codec, info.pix_fmt)
-        total = info.frames if whole else 0
-        with self._lock, VideoWriter(
-            dst,
-            width=info.width * s,
-            height=info.height * s,
-            rate=info.rate,
-            time_base=info.time_base,
-            source=src if whole else None,
-            codec=codec,
-            pix_fmt=pix_fmt,
-            crf=crf,
-            preset=preset,
-            color=info.color,
-            display_matrix=info.display_matrix if whole else None,
-        ) as writer, VideoReader(
-            src, high_bit_depth=info.bit_depth > 8, queue_size=2 * self.batch + 2, **(reader_range or {})
-        ) as reader:
-            log.log(
-                logging.INFO if whole else logging.DEBUG,
-                "video: %s %dx%d %s, %d frames -> %s %dx%d %s %s",
-                src.name, info.width, info.height, info.pix_fmt, info.frames, dst.name, writer.width,
-                writer.height, codec, pix_fmt,
-            )
-            out_dtype = torch.uint16 if writer.high_bit_depth else torch.uint8
-            in_dtype = torch.uint16 if info.bit_depth > 8 else torch.uint8
-            pipeline = _FramePipeline(self, writer, (info.height, info.width), in_dtype, out_dtype)
-            done = 0
-            for frames, infos in reader.batches(self.batch):
-                writer.check()  # a write error (disk full) stops the job before the model's next batch
-                pipeline.process(frames, infos)
-                done += len(frames)
-                if progress is not None:
-                    progress(done, total)
-            writer.close()
-            skipped = reader.skipped_packets
-        if skipped:
-            log.warning("%s: %d damaged packet(s) skipped", src.name, skipped)
-        return VideoResult(dst, writer.frames_written, skipped, time.perf_counter() - start, writer.width, writer.height)
+        ``lr`` holds integer samples in [0, ``peak``] (255.0 for uint8, 65535.0 for uint16) or, with
+        ``peak`` None, floats in [0, 1]. Each output crop, (3, h, w) in the backend's float dtype on
+        the device, goes to ``write(index, box, crop)``: ``index`` is the image in the batch, ``box``
+        = ``(y0, y1, x0, x1)`` its place in the ``scale`` times larger output; values may stray
+        outside [0, 1] (clamp when quantizing). The building block of the video pipeline
+        (:mod:`sr_runtime.video.pipeline`); calls from several threads are serialised.
+        """
+        with self._lock:
+            self._run(lr, write, peak=peak, progress=progress)
 
     def close(self) -> None:
         """Free the backend (device memory, sessions, engines). Idempotent."""
@@ -553,80 +471,6 @@ class Upscaler:
 
     def __repr__(self) -> str:
         return f"<Upscaler x{self.scale} {self.backend.describe()}>"
-
-
-class _FramePipeline:
-    """Upload a batch of frames, run it, quantize on the device, hand it to the encoder thread."""
-
-    def __init__(self, up: Upscaler, writer, hw: tuple[int, int], in_dtype: torch.dtype, out_dtype: torch.dtype):
-        self.up, self.writer = up, writer
-        self.in_peak = 255.0 if in_dtype == torch.uint8 else 65535.0
-        self.out_peak = 255.0 if out_dtype == torch.uint8 else 65535.0
-        self.out_dtype = out_dtype
-        h, w = hw
-        s, n = up.scale, up.batch
-        self.cuda = up.device.type == "cuda"
-        if self.cuda:
-            self.uploads = _PinnedPool(2, (n, h, w, 3), in_dtype)
-            self.downloads = _PinnedPool(4, (n, h * s, w * s, 3), out_dtype)
-
-    def process(self, frames: list[np.ndarray], infos) -> None:
-        up, n = self.up, len(frames)
-        if self.cuda:
-            host = self.uploads.get()
-            staging = host[:n].numpy()
-            for i, frame in enumerate(frames):  # straight into pinned memory: no intermediate np.stack copy
-                staging[i] = frame
-            lr = host[:n].to(up.device, non_blocking=True)
-            uploaded = torch.cuda.Event()
-            uploaded.record(torch.cuda.current_stream(up.device))
-            self.uploads.put(host, uploaded)
-        else:
-            lr = torch.from_numpy(np.stack(frames))
-        _, h, w, _ = lr.shape
-        out = torch.empty((n, h * up.scale, w * up.scale, 3), dtype=self.out_dtype, device=up.device)
-        peak = self.out_peak
-
-        def write(index, box, crop):
-            y0, y1, x0, x1 = box
-            if not self.cuda:
-                _quantize_hwc(crop, out[index, y0:y1, x0:x1, :].numpy(), peak)
-                return
-            q = crop.to(torch.float32).mul(peak).clamp_(0, peak).round_()
-            out[index, y0:y1, x0:x1, :] = q.permute(1, 2, 0)
-
-        up._run(lr.permute(0, 3, 1, 2), write, peak=self.in_peak)
-        if not self.cuda:
-            self.writer.write(out.numpy(), infos)
-            return
-        host = self.downloads.get(check=self.writer.check)
-        host[:n].copy_(out, non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record(torch.cuda.current_stream(up.device))
-        self.writer.write(
-            host[:n].numpy(), infos, wait=copied.synchronize, release=lambda: self.downloads.put(host)
-        )
-
-
-_QUANTIZE_ROWS = 16
-"""Rows per band in :func:`_quantize_hwc`: a band's float32 buffer (16 x 2560 x 3 x 4 B = 480 KiB at
-1440p) stays in L2 through all four passes."""
-
-
-def _quantize_hwc(crop: torch.Tensor, out: np.ndarray, peak: float) -> None:
-    """``clamp(crop, 0, 1) * peak`` rounded half to even, (C, h, w) float CPU tensor into (h, w, C)
-    ``out``, band by band in numpy (single-threaded, no torch thread pool to wake): a third of the
-    CPU time of the whole-frame torch ops at 1440p, where each pass went through main memory."""
-    src = crop.detach().to(torch.float32).numpy()
-    rows = _QUANTIZE_ROWS
-    buf = np.empty((rows, src.shape[2], src.shape[0]), np.float32)
-    for y in range(0, src.shape[1], rows):
-        band = src[:, y : y + rows].transpose(1, 2, 0)
-        tmp = buf[: band.shape[0]]
-        np.multiply(band, peak, out=tmp)
-        np.clip(tmp, 0.0, peak, out=tmp)
-        np.rint(tmp, out=tmp)
-        out[y : y + rows] = tmp
 
 
 def _split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -30,8 +31,16 @@ from sr_runtime.archs import build, resolve_hparams
 from sr_runtime.atomic import atomic_write_bytes, atomic_write_text
 from sr_runtime.checkpoint import load_checkpoint, save_checkpoint
 from sr_runtime.deploy import DeployModel
-from sr_runtime.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError, UnsupportedScaleError
+from sr_runtime.errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    InputError,
+    OutputError,
+    UnsupportedScaleError,
+)
 from sr_runtime.evaluate import min_hr_size, score_image
+from sr_runtime.failures import describe_os_error
 from sr_runtime.resize import modcrop
 from sr_runtime.spec import IOSpec
 from sr_train.config import TrainConfig, config_from_dict, config_to_dict
@@ -45,7 +54,7 @@ from sr_train.data import (
 
 __all__ = [
     "Dist", "setup_dist", "resolve_device", "resolve_amp", "build_model", "load_data", "validate", "RunFiles", "EMA",
-    "Schedule",
+    "Schedule", "validation_set_record",
 ]
 
 log = logging.getLogger("sr_train")
@@ -146,6 +155,16 @@ def load_data(train_dirs: list[str] | None, val_dir: str | None) -> tuple[list[H
     else:
         val = load_hr_folder(val_dir)
     return train, val
+
+
+def validation_set_record(val_dir: str | None) -> dict[str, str]:
+    """What a recorded validation score was measured on: the folder, its name and its fingerprint.
+    Scores are compared (which model is the default) only between equal fingerprints."""
+    from sr_runtime.evaluate import dataset_fingerprint
+
+    if val_dir is None:
+        return {"val_data": "skimage:astronaut", "val_name": "astronaut", "val_set": "skimage:astronaut"}
+    return {"val_data": val_dir, "val_name": Path(val_dir).name, "val_set": dataset_fingerprint(val_dir)}
 
 
 def check_val_images(images: list[HRImage], scale: int) -> None:
@@ -322,10 +341,16 @@ class RunFiles:
         if main:
             if (path / STATE_FILE).exists():
                 raise ConfigError(f"{path} already holds a run; use --resume {path} or another run_name")
-            path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-            with open(path / LOG_FILE, "w", newline="") as f:
-                csv.writer(f).writerow(LOG_FIELDS)
+            created = [p for p in (path, *path.parents) if not p.exists()]
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+                with open(path / LOG_FILE, "w", newline="") as f:
+                    csv.writer(f).writerow(LOG_FIELDS)
+            except OSError as e:  # no half-made run directory: remove the folders made here
+                if created:
+                    shutil.rmtree(created[-1], ignore_errors=True)
+                raise OutputError(f"cannot create the run directory {path}: {describe_os_error(e)}") from e
         return cls(path, main=main)
 
     @staticmethod

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from sr_runtime.atomic import sha256_file
-from sr_runtime.errors import InputError
+from sr_runtime.failures import check_writable_dir
 from sr_runtime.machine import cpu_flags
 from sr_runtime.options import ORT_TENSORRT_DIR, TENSORRT_DIR, cache_root
 
@@ -177,10 +177,9 @@ def get_or_build(
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         return CacheEntry(tmp, _finish(tmp, build(tmp), key), hit=False)
     root = cache_root(cache_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the cache directory {root} ({e}); pass --cache-dir or --no-cache") from e
+    # A read-only cache fails here in plain words, not at its lock file.
+    check_writable_dir(root, what="cache folder (--cache-dir or $SR_RUNTIME_CACHE; sr-run --no-cache writes none)")
+    root.mkdir(parents=True, exist_ok=True)
     path = root / key
     with _locked(root / f"{key}.lock"):
         record, why = _verify(path)

@@ -64,3 +64,15 @@ def test_environment_has_the_machine_and_versions():
         assert key in env
     assert env["cpu_model"]
     json.dumps(json_safe(env), allow_nan=False)
+
+
+def test_explicit_sizes_bound_the_tiling_rows(tmp_path):
+    """A dry run with --sizes 16x24 once tiled a 720x1280 frame for minutes: the tiling rows follow --sizes."""
+    from benchmarks.cli import _resolve, build_parser
+
+    def resolved(*argv):
+        return _resolve(build_parser().parse_args([*argv, "--out", str(tmp_path), "--data", str(tmp_path)]))
+
+    assert resolved("--sizes", "16x24,20x20").tiling_size == (20, 20)
+    assert resolved("--sizes", "16x24", "--tiling-size", "40x56").tiling_size == (40, 56)
+    assert resolved().tiling_size == (720, 1280)

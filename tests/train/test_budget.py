@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 
 import pytest
 import torch
@@ -86,7 +85,7 @@ def test_the_tuner_keeps_the_thread_count_that_steps_fastest():
     """One thread fast while 'the cores are shared', then all threads fast again: it follows both."""
     saved = torch.get_num_threads()
     try:
-        tuner = ThreadTuner(2, every=20, window=3)
+        tuner = ThreadTuner(2, every_s=1e9, window=3)  # only the drift starts a probe
         fast = {1}
         chosen = []
         for step in range(200):
@@ -124,24 +123,36 @@ def test_amp_auto_uses_bf16_only_on_cpus_with_bf16_units(monkeypatch, has_bf16):
         resolve_amp("fp16", torch.device("cpu"))
 
 
-def test_a_budgeted_run_ends_on_time_with_a_validated_best_checkpoint(tmp_path, hr_dirs):
-    """steps=10^6 cannot fit in 8 s: the plan cuts them, the schedule ends near min_lr, best is validated."""
+def test_a_budgeted_run_ends_on_time_with_a_validated_best_checkpoint(tmp_path, hr_dirs, monkeypatch):
+    """steps=10^6 cannot fit in 8 s: the plan cuts them, the schedule ends near min_lr, best is validated.
+
+    The loop's clock advances 25 ms per reading, whatever the machine is doing, so the plan is the same
+    on a busy machine as on an idle one (about 0.1 s per step: some 80 steps in the budget)."""
+    import sr_train.train
+
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.025
+        return now[0]
+
+    monkeypatch.setattr(sr_train.train, "_clock", clock)
     cfg = load_config(None, [
         "model.name=fsrcnn", "model.scale=2", f"data.train=[{hr_dirs[0]}]", f"data.val={hr_dirs[1]}",
-        "data.patch_size=10", "data.batch_size=4", "steps=1000000", "val_every=200", "log_every=10",
+        "data.patch_size=10", "data.batch_size=4", "steps=1000000", "val_every=25", "log_every=1",
         "optim.scheduler=cosine", "optim.lr=1e-3", "optim.min_lr=1e-6", "time_budget=8s",
         f"out={tmp_path / 'runs'}", "run_name=b",
     ])
-    started = time.monotonic()
     run = train(cfg, progress=False)
-    took = time.monotonic() - started
     with open(run / "log.csv") as f:
         rows = list(csv.DictReader(f))
     trained = [r for r in rows if r["loss"]]
     vals = [r for r in rows if r["val_psnr"]]
-    assert vals and float(vals[-1]["seconds"]) <= 8.0 + 3.0  # the final validation ends about on time
-    assert took < 8.0 + 30.0  # start-up (data, first validation) is outside the budget's control
-    assert 100 < int(trained[-1]["step"]) < 1000000
-    assert float(trained[-1]["lr"]) < 0.2e-3  # the cosine was stretched to the budget, not left at the top
+    assert 20 < int(trained[-1]["step"]) < 1000  # what fits in 8 s of this clock, not the recipe's 10^6
+    assert 7.0 < float(vals[-1]["seconds"]) <= 8.0  # the final validation starts when the budget is spent
+    assert float(trained[-1]["lr"]) < 0.05e-3  # the cosine was stretched to end with the budget
+    lrs = [float(r["lr"]) for r in trained]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
     best = load_checkpoint(run / "best.safetensors")
     assert best.meta["metrics"]["val_psnr"] == pytest.approx(max(float(r["val_psnr"]) for r in vals), abs=1e-4)
+    assert best.meta["metrics"]["val_set"].startswith("sha256:")

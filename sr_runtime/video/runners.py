@@ -1,19 +1,24 @@
-"""Run many independent items (video segments, files of a folder) on several processes or a Ray cluster.
+"""Where the items of a run go: here, on several processes, or on a Ray cluster.
 
-A runner holds a pool of workers, each with its own :class:`~sr_runtime.upscaler.Upscaler` built
-from the same keyword arguments, and maps a module-level function ``fn(up, item)`` over the items.
+A runner maps a module-level function ``fn(up, item)`` over independent items (the segments of a
+video job, :func:`sr_runtime.video.job.run_segment`; the files of a folder,
+:func:`sr_runtime.batch.process_file`), each call with an :class:`~sr_runtime.upscaler.Upscaler`.
 ``map`` yields ``(item, True, result)`` as items finish, or ``(item, False, error)`` when ``fn``
 raised an :class:`~sr_runtime.errors.SRError` for that item (the caller decides whether that stops
-the job). A worker that dies (killed, out of memory, a crash in a native library) has its items run
-again on a fresh worker, up to ``retries`` times.
+the job).
 
+- :class:`LocalRunner`: this process and its Upscaler, one item at a time (the default).
 - :class:`ProcessRunner`: ``--workers N`` on one machine. Spawned processes (never forked: torch and
-  CUDA do not survive a fork), torch threads split between them, one GPU each on multi-GPU machines.
+  CUDA do not survive a fork), each with its own Upscaler built from the same keyword arguments,
+  torch threads split between them, one GPU each on multi-GPU machines.
 - :class:`RayRunner`: ``--ray [ADDRESS]``. Actors that each hold an Upscaler (one GPU each where the
   cluster has GPUs, else a share of a node's CPUs), on a local Ray started here (bounded to this
   machine's cores and shut down afterwards) or on an existing cluster. Every node must have this
   package and the model file, and the inputs and the job folder must be on storage all nodes see
   at the same path (NFS, a shared volume).
+
+A worker that dies (killed, out of memory, a crash in a native library) has its items run again on a
+fresh worker, up to ``retries`` times.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from sr_runtime.errors import BackendUnavailableError, SRError
 
-__all__ = ["ProcessRunner", "RayRunner", "cuda_devices", "default_workers"]
+__all__ = ["LocalRunner", "ProcessRunner", "RayRunner", "cuda_devices", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,31 @@ def default_workers(device: str | None) -> int:
     if len(gpus) > 1 and device in (None, "cuda"):
         return len(gpus)
     return 1
+
+
+class LocalRunner:
+    """Runs the items in this process with one Upscaler, one at a time (the default)."""
+
+    workers = 1
+
+    def __init__(self, up) -> None:
+        self.up = up
+
+    def map(self, fn, items: Iterable, progress: Callable[[Any, int], None] | None = None) -> Iterator[tuple[Any, bool, Any]]:
+        """Yields ``(item, True, result)``, or ``(item, False, error)`` for an SRError of that item."""
+        for item in items:
+            try:
+                if progress is not None:
+                    result = fn(self.up, item, lambda done, item=item: progress(item, done))
+                else:
+                    result = fn(self.up, item)
+            except SRError as e:
+                yield item, False, e
+                continue
+            yield item, True, result
+
+    def close(self) -> None:
+        pass
 
 
 def _threads_for(workers: int) -> int:

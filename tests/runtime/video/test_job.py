@@ -1,91 +1,28 @@
 """Segmented, resumable video jobs: the segments' join equals the single pass (frames, timestamps, audio),
 a kill -9 costs at most one segment, stale jobs are discarded, a full disk keeps the finished segments,
-rotation survives the join, workers and Ray retry a dead worker's segment, progress logs stay short.
-Small synthetic clips made with PyAV (24 fps, a keyframe every 12 frames, AAC audio)."""
+rotation survives the join. Clips from :mod:`tests.runtime.video.clips`."""
 
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
-import sr_runtime
-from sr_runtime import progress as progress_mod
 from sr_runtime.errors import InputError, VideoError
 from sr_runtime.upscaler import Upscaler
-from sr_runtime.video import VideoWriter, probe_video
-from sr_runtime.videojob import (
-    MANIFEST,
-    JobInterrupted,
-    LocalRunner,
-    VideoJob,
-    job_dir_for,
-    plan_segments,
-    run_video,
-)
-
-RATE = 24
-ROOT = str(Path(sr_runtime.__file__).resolve().parents[1])
-
-
-def make_clip(path: Path, *, frames=48, width=48, height=32, gop=12, audio=True, rotation=None) -> Path:
-    """A clip whose frames all differ (moving ramps), keyframes every ``gop`` frames, B-frames, mono AAC."""
-    with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=RATE)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-        vs.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
-        if rotation is not None:
-            vs.set_display_rotation(rotation)
-        aus = out.add_stream("aac", rate=16000, layout="mono") if audio else None
-        yy, xx = np.mgrid[0:height, 0:width]
-        samples = 0
-        for i in range(frames):
-            rgb = np.stack([(xx * 5 + i * 9) % 256, (yy * 7 + i * 5) % 256, ((xx + yy) * 3 + i * 11) % 256], -1)
-            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
-            frame.pts = i
-            for packet in vs.encode(frame):
-                out.mux(packet)
-            while aus is not None and samples < (i + 1) * 16000 / RATE:
-                tone = (0.3 * np.sin((np.arange(1024) + samples) / 7.0)).astype(np.float32)[None]
-                af = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
-                af.sample_rate, af.pts = 16000, samples
-                for packet in aus.encode(af):
-                    out.mux(packet)
-                samples += 1024
-        for packet in vs.encode():
-            out.mux(packet)
-        if aus is not None:
-            for packet in aus.encode():
-                out.mux(packet)
-    return path
-
-
-def video_frames(path: Path) -> tuple[list[float], list[bytes]]:
-    """Presentation times (s) and rgb24 bytes of every frame; decoding raises on a damaged file."""
-    with av.open(str(path)) as c:
-        frames = list(c.decode(c.streams.video[0]))
-        return [float(f.pts * f.time_base) for f in frames], [f.to_ndarray(format="rgb24").tobytes() for f in frames]
-
-
-def audio_packets(path: Path) -> list[tuple[bytes, int | None]]:
-    with av.open(str(path)) as c:
-        return [(bytes(p), p.pts) for p in c.demux(*c.streams.audio) if p.size] if c.streams.audio else []
-
-
-def rotation_of(path: Path) -> int:
-    with av.open(str(path)) as c:
-        return next(c.decode(c.streams.video[0])).rotation
+from sr_runtime.video.job import MANIFEST, JobInterrupted, VideoJob, job_dir_for, plan_segments, run_video
+from sr_runtime.video.probe import scan_video
+from sr_runtime.video.runners import LocalRunner
+from sr_runtime.video.writer import Encoding, VideoWriter
+from tests.runtime.video.clips import COMMON, audio_packets, check_output, make_clip, rotation_of, sr_run, video_frames
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +36,10 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
 
 
+def plan(path: Path, seconds: float):
+    return plan_segments(scan_video(path).packets, seconds)
+
+
 def lossless(**kw):
     return {"codec": "libx264", "crf": 0, "preset": "ultrafast", **kw}
 
@@ -107,7 +48,7 @@ def lossless(**kw):
 
 
 def test_segments_start_at_keyframes_and_cover_every_frame_once(clip):
-    segments = plan_segments(clip, 0.5)
+    segments = plan(clip, 0.5)
     assert [s.first_frame for s in segments] == [0, 12, 24, 36]  # the keyframes
     assert all(s.seek_pts == s.start_pts for s in segments), "each starts at its keyframe"
     assert [s.end_pts for s in segments] == [s.start_pts for s in segments[1:]] + [None]
@@ -116,7 +57,7 @@ def test_segments_start_at_keyframes_and_cover_every_frame_once(clip):
 
 def test_without_keyframes_near_the_cut_segments_cut_at_the_frame_and_seek_back(tmp_path):
     src = make_clip(tmp_path / "one_gop.mp4", frames=38, gop=1000, audio=False)
-    segments = plan_segments(src, 0.5)
+    segments = plan(src, 0.5)
     assert [s.first_frame for s in segments] == [0, 12, 24]  # the tail 36, 37 (< a quarter) joins the last
     assert all(s.seek_pts == 0 for s in segments), "decoded from the only keyframe"
     assert [s.frames for s in segments] == [12, 12, 14]
@@ -124,8 +65,8 @@ def test_without_keyframes_near_the_cut_segments_cut_at_the_frame_and_seek_back(
 
 def test_a_cut_moves_to_a_keyframe_within_a_quarter_segment(tmp_path):
     src = make_clip(tmp_path / "gop10.mp4", frames=60, gop=10, audio=False)
-    assert [s.first_frame for s in plan_segments(src, 0.5)] == [0, 10, 20, 30, 40, 50]
-    assert [s.first_frame for s in plan_segments(src, 1.0)] == [0, 20, 40]
+    assert [s.first_frame for s in plan(src, 0.5)] == [0, 10, 20, 30, 40, 50]
+    assert [s.first_frame for s in plan(src, 1.0)] == [0, 20, 40]
 
 
 # --- the join equals the single pass ----------------------------------------------------------------
@@ -196,7 +137,7 @@ def start_and_interrupt(up, src, dst, n, identity):
     job = VideoJob(src, dst, identity=identity, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(JobInterrupted, match=r"2 of 4 segments are kept in .*run the same command again"):
-        job.run(StopAfter(up, n), probe_video(src), **lossless(pix_fmt=None))
+        job.run(StopAfter(up, n), Encoding(**lossless(pix_fmt=None)))
     assert not dst.exists() and job.dir.is_dir()
     return job
 
@@ -207,7 +148,7 @@ def test_ctrl_c_keeps_segments_and_the_next_run_resumes(tmp_path, up, clip, capl
     caplog.set_level(logging.INFO)
     job = VideoJob(clip, dst, identity={"crf": 0}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert "resuming out.mp4: 2 of 4 segments done (24 of 48 frames); continuing at segment 2" in caplog.text
     assert job.computed_frames == 24
     assert len(video_frames(dst)[0]) == 48 and not job.dir.exists()
@@ -249,7 +190,7 @@ def test_a_damaged_finished_segment_is_done_again(tmp_path, up, clip, caplog):
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     assert sorted(job.done) == [0] and "segment 1's file is missing or damaged" in caplog.text
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert job.computed_frames == 36 and len(video_frames(dst)[0]) == 48
 
 
@@ -283,7 +224,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
     with pytest.raises(VideoError, match=r"no space left on the device.*2 of 4 segments are kept"):
-        job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+        job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert sum(computed) <= 24 + 6, "stopped within a few frames of the write error"
     assert sorted(p.name for p in job.dir.iterdir()) == ["lock", MANIFEST, "seg_00000.mp4", "seg_00001.mp4"]
     assert sorted(json.loads((job.dir / MANIFEST).read_text())["done"]) == ["0", "1"]
@@ -291,26 +232,11 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     monkeypatch.setattr(VideoWriter, "_mux", real_mux)
     job = VideoJob(clip, dst, identity={}, segment_seconds=0.5)
     job.prepare()
-    job.run(LocalRunner(up), probe_video(clip), **lossless(pix_fmt=None))
+    job.run(LocalRunner(up), Encoding(**lossless(pix_fmt=None)))
     assert job.computed_frames == 24 and len(video_frames(dst)[0]) == 48
 
 
-# --- kill -9, workers, Ray: real processes ----------------------------------------------------------
-
-
-def sr_run(*args, env=None, **kw):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return [sys.executable, "-m", "sr_runtime.cli", *map(str, args)], env
-
-
-COMMON = ["--scale", "2", "--backend", "torch", "--segment-seconds", "0.5", "--crf", "0", "--preset", "ultrafast"]
-
-
-def check_output(dst: Path, src: Path) -> None:
-    src_pts, _ = video_frames(src)
-    pts, _ = video_frames(dst)
-    assert len(pts) == len(src_pts) and np.allclose(pts, src_pts, atol=1e-3)
-    assert audio_packets(dst) == audio_packets(src)
+# --- kill -9: a real process ------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -343,83 +269,11 @@ def test_kill_9_then_the_same_command_resumes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip_x2.mp4"], "nothing else is left"
 
 
-@pytest.mark.slow
-def test_workers_retry_the_segment_of_a_worker_that_died(tmp_path):
-    src = make_clip(tmp_path / "clip.mp4")
-    dst = tmp_path / "clip_x2.mp4"
-    marker = tmp_path / "crashed"
-    cmd, env = sr_run(src, *COMMON, "--workers", "2", env={"SR_RUNTIME_TEST_CRASH_SEGMENT": f"1:{marker}"})
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert marker.exists(), "the worker running segment 1 died"
-    assert "a worker process died; retrying" in run.stderr
-    check_output(dst, src)
-    marker.unlink()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip_x2.mp4"]
-
-
-@pytest.mark.slow
-def test_ray_runs_segments_and_folders_and_retries_a_dead_actor(tmp_path):
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'sr-runtime[ray]'")
-    src = make_clip(tmp_path / "clip.mp4")
-    dst = tmp_path / "clip_x2.mp4"
-    marker = tmp_path / "crashed"
-    cmd, env = sr_run(src, *COMMON, "--ray", env={"SR_RUNTIME_TEST_CRASH_SEGMENT": f"2:{marker}"})
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert marker.exists(), "the actor running segment 2 died and its segment was retried"
-    check_output(dst, src)
-    # a folder: one file per task, a bad file reported on its own line, the others done
-    from PIL import Image
-
-    folder = tmp_path / "shots"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / name)
-    (folder / "bad.png").write_bytes(b"not a png")
-    cmd, env = sr_run(folder, "-o", tmp_path / "out", "--scale", "2", "--backend", "torch", "--ray")
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 1, run.stderr[-3000:]
-    assert sum("bad.png" in line and "error" in line for line in run.stderr.splitlines()) == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "b_x2.png"]
-    assert Image.open(tmp_path / "out" / "a_x2.png").size == (48, 40)
-
-
-# --- progress ---------------------------------------------------------------------------------------
-
-
-def test_progress_to_a_log_writes_a_line_every_few_seconds(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: clock[0])
-    out = io.StringIO()
-    with progress_mod.Progress("film.mp4", 10_000, stream=out) as bar:
-        for n in range(1, 10_001):  # 10 000 frames over 300 s
-            clock[0] = n * 0.03
-            bar.update_to(n)
-    lines = out.getvalue().splitlines()
-    assert 300 / progress_mod.LOG_INTERVAL_S - 1 <= len(lines) <= 300 / progress_mod.LOG_INTERVAL_S + 1
-    assert "\r" not in out.getvalue() and lines[-1].startswith("film.mp4: 10000/10000 frames (100%)")
-    assert "about" in lines[0] and "left" in lines[0]
-
-
-def test_progress_on_a_terminal_is_a_live_bar():
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    out = Tty()
-    with progress_mod.Progress("film.mp4", 100, stream=out) as bar:
-        for n in range(1, 101):
-            bar.update_to(n)
-    assert "\r" in out.getvalue() and "100/100" in out.getvalue()
-
-
 def test_cuts_between_keyframes_decode_from_the_keyframe_before_and_drop_its_frames(tmp_path, up):
     """One keyframe only: every segment after the first seeks back to frame 0 and must drop the frames
     before its start, or they would appear twice in the output."""
     src = make_clip(tmp_path / "one_gop.mp4", frames=38, gop=1000)
-    assert all(s.seek_pts == 0 for s in plan_segments(src, 0.5))
+    assert all(s.seek_pts == 0 for s in plan(src, 0.5))
     single, segmented = tmp_path / "single.mp4", tmp_path / "segmented.mp4"
     up.upscale_video(src, single, **lossless())
     run_video(up, src, segmented, segment_seconds=0.5, quiet=True, **lossless())

@@ -2,23 +2,25 @@
 
 A video is cut into segments of about ``segment_seconds`` (:func:`plan_segments`): each starts at a
 keyframe where one lies near the cut (else at the exact frame, decoded from the keyframe before it),
-is upscaled on its own into ``seg_NNNNN<suffix>`` in the job folder ``.NAME.srjob/`` beside the
-output, and is recorded with its sha256 in ``manifest.json`` (written atomically after each
-segment). The manifest also holds what the job depends on: the source's size and sha256, the model
-file's sha256, the scale and the backend and encoder options. When every segment is done they are
-joined by stream copy into the output (:func:`sr_runtime.video.join_segments`), which gets the
+is upscaled on its own (:func:`sr_runtime.video.pipeline.upscale_segment`) into ``seg_NNNNN<suffix>``
+in the job folder ``.NAME.srjob/`` beside the output, and is recorded with its sha256 in
+``manifest.json`` (written atomically after each segment). The manifest also holds what the job
+depends on: the source's size and sha256, the model file's sha256, the scale and the backend and
+encoder options. The source is read once before the first frame (:func:`sr_runtime.video.probe.scan_video`:
+its header, its packets' timestamps and its hash in one pass). When every segment is done they are
+joined by stream copy into the output (:func:`sr_runtime.video.join.join_segments`), which gets the
 source's audio and subtitles, metadata, chapters and display rotation once; the folder is removed.
 
 Running the same command again resumes at the first unfinished segment, trusting a finished one
 only if its file still has the recorded hash; a changed source, model or option discards the old
 job with a message naming what changed (``restart=True`` always starts afresh). A lock file keeps a
 second process off a job that is running. Segments are independent, so a runner
-(:mod:`sr_runtime.distributed`) can do them in several processes or on a Ray cluster; the job
+(:mod:`sr_runtime.video.runners`) can do them in several processes or on a Ray cluster; the job
 folder must then be on storage every worker can write.
 
-The single pass (:meth:`sr_runtime.upscaler.Upscaler.upscale_video`) stays for what segments cannot
+The single pass (:func:`sr_runtime.video.pipeline.upscale_video`) stays for what segments cannot
 serve: a video whose packets carry no timestamps (some AVI and raw streams), output containers
-other than MP4/MOV/MKV/WebM, and videos shorter than two segments.
+other than MP4/MOV/MKV/WebM, and videos shorter than two segments. :func:`run_video` picks one.
 """
 
 from __future__ import annotations
@@ -29,25 +31,21 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sr_runtime.atomic import atomic_write_text
 from sr_runtime.errors import InputError, SRError, VideoError
+from sr_runtime.video.join import join_segments
+from sr_runtime.video.pipeline import upscale_segment, upscale_video
+from sr_runtime.video.probe import PacketIndex, VideoInfo, probe_video, scan_video
+from sr_runtime.video.runners import LocalRunner
+from sr_runtime.video.writer import Encoding
 
-__all__ = [
-    "SEGMENT_SUFFIXES",
-    "JobInterrupted",
-    "LocalRunner",
-    "Segment",
-    "SegmentTask",
-    "VideoJob",
-    "job_dir_for",
-    "plan_segments",
-    "run_segment",
-]
+__all__ = ["SEGMENT_SUFFIXES", "JobInterrupted", "Segment", "SegmentTask", "VideoJob", "job_dir_for", "model_identity",
+           "plan_segments", "run_segment", "run_video"]
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +84,8 @@ class SegmentTask:
     segment: Segment
     src: str
     part: str
-    info: Any
-    codec: str
-    crf: int | None
-    preset: str | None
-    pix_fmt: str | None
+    info: VideoInfo
+    encoding: Encoding
 
 
 def job_dir_for(dst: str | os.PathLike) -> Path:
@@ -99,34 +94,13 @@ def job_dir_for(dst: str | os.PathLike) -> Path:
     return dst.with_name(f".{dst.name}.srjob")
 
 
-def plan_segments(path: str | os.PathLike, seconds: float) -> list[Segment] | None:
-    """Cut ``path``'s video into segments of about ``seconds``, from a scan of its packets (no
-    decoding). None when a packet has no timestamp (segments could not be told apart)."""
-    from sr_runtime.video import _open_input
-
+def plan_segments(packets: PacketIndex, seconds: float) -> list[Segment]:
+    """Cut a video stream whose packets are ``packets`` (:func:`sr_runtime.video.probe.scan_video`)
+    into segments of about ``seconds``."""
     if seconds <= 0:
         raise InputError(f"segment length must be > 0 seconds, got {seconds}")
-    container = _open_input(Path(path))
-    try:
-        stream = container.streams.video[0]
-        pts: list[int] = []
-        keys: list[int] = []
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is None:
-                return None
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
-        time_base = stream.time_base
-    finally:
-        container.close()
-    if not pts:
-        return None
-    pts.sort()
-    keys.sort()
-    step = seconds / float(time_base)
+    pts, keys = packets.pts, packets.keyframes
+    step = seconds / float(packets.time_base)
     slack = KEYFRAME_SLACK * step
     cuts = [0]
     target = pts[0] + step
@@ -176,7 +150,8 @@ def run_segment(up, task: SegmentTask, progress: Callable[[int], None] | None = 
         if progress is not None:
             progress(done)
 
-    result = up.upscale_video_segment(
+    result = upscale_segment(
+        up,
         task.src,
         task.part,
         task.info,
@@ -184,38 +159,10 @@ def run_segment(up, task: SegmentTask, progress: Callable[[int], None] | None = 
         end_pts=seg.end_pts,
         seek_pts=seg.seek_pts,
         first_index=seg.first_frame,
-        codec=task.codec,
-        crf=task.crf,
-        preset=task.preset,
-        pix_fmt=task.pix_fmt,
+        encoding=task.encoding,
         progress=report,
     )
     return {"index": seg.index, "frames": result.frames, "seconds": result.seconds}
-
-
-class LocalRunner:
-    """Runs the items in this process with one Upscaler, one at a time (the default)."""
-
-    workers = 1
-
-    def __init__(self, up) -> None:
-        self.up = up
-
-    def map(self, fn, items: Iterable, progress: Callable[[Any, int], None] | None = None) -> Iterator[tuple[Any, bool, Any]]:
-        """Yields ``(item, True, result)``, or ``(item, False, error)`` for an SRError of that item."""
-        for item in items:
-            try:
-                if progress is not None:
-                    result = fn(self.up, item, lambda done, item=item: progress(item, done))
-                else:
-                    result = fn(self.up, item)
-            except SRError as e:
-                yield item, False, e
-                continue
-            yield item, True, result
-
-    def close(self) -> None:
-        pass
 
 
 class _Lock:
@@ -250,8 +197,8 @@ class VideoJob:
     """A segmented upscale of ``src`` into ``dst``; see the module docstring.
 
     ``identity``: what the output depends on besides the source (model file hash, scale, backend
-    and encoder options); a job made with another identity is discarded. Call :meth:`prepare`,
-    then :meth:`run` when it returned segments (None: use the single pass).
+    and encoder options); a job made with another identity is discarded. Call :meth:`prepare`
+    (which sets :attr:`info`), then :meth:`run` when it returned segments (None: use the single pass).
     """
 
     def __init__(
@@ -271,30 +218,33 @@ class VideoJob:
         self.segments: list[Segment] = []
         self.done: dict[int, dict[str, Any]] = {}
         self.computed_frames = 0
+        self.info: VideoInfo | None = None
+        """The source's :class:`~sr_runtime.video.probe.VideoInfo`, once :meth:`prepare` has run."""
         self._lock = _Lock(self.dir / "lock", self.dst)
         self._record: dict[str, Any] = {}
 
     # --- setup ------------------------------------------------------------------------------------
 
     def prepare(self) -> list[Segment] | None:
-        """Plan the segments and open (or resume, or discard) the job folder. None when this video
-        is better done in a single pass (see the module docstring); nothing is created then."""
-        from sr_runtime.atomic import sha256_file
-
+        """Read the source (once: header, packet timestamps and hash), plan the segments and open (or
+        resume, or discard) the job folder. None when this video is better done in a single pass
+        (see the module docstring); nothing is created then. Raises InputError, VideoError."""
         if self.src.resolve() == self.dst.resolve():
             raise InputError(f"{self.dst}: the output would overwrite the input; choose another name")
         if self.dst.suffix.lower() not in SEGMENT_SUFFIXES:
             log.info("%s: %s output is written in one pass (segments need %s)",
                      self.dst.name, self.dst.suffix, "/".join(SEGMENT_SUFFIXES))
+            self.info = probe_video(self.src)
             return None
-        segments = plan_segments(self.src, self.segment_seconds)
-        if segments is None:
+        scan = scan_video(self.src)
+        self.info = scan.info
+        if scan.packets is None:
             log.info("%s: packets without timestamps; written in one pass (no resume)", self.src.name)
             return None
+        segments = plan_segments(scan.packets, self.segment_seconds)
         if len(segments) < 2 and not self.dir.exists():
             return None
-        stat = self.src.stat()
-        source = {"name": self.src.name, "size": stat.st_size, "sha256": sha256_file(self.src)}
+        source = {"name": self.src.name, "size": self.src.stat().st_size, "sha256": scan.sha256}
         record = {
             "version": MANIFEST_VERSION,
             "source": source,
@@ -358,15 +308,15 @@ class VideoJob:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def run(self, runner, info, *, codec: str, crf: int | None, preset: str | None, pix_fmt: str | None,
-            progress=None) -> int:
-        """Produce the missing segments with ``runner`` (:class:`LocalRunner` or one of
-        :mod:`sr_runtime.distributed`), join them into ``dst`` and remove the job folder; returns
-        the output's frame count. ``progress``: a :class:`sr_runtime.progress.Progress` (frames).
-        On an error or Ctrl-C the finished segments stay for a resume and the message says so."""
+    def run(self, runner, encoding: Encoding, *, progress=None) -> int:
+        """Produce the missing segments with ``runner`` (one of :mod:`sr_runtime.video.runners`) and
+        ``encoding`` (the one in the identity), join them into ``dst`` and remove the job folder; returns the output's frame count. ``progress``: a
+        :class:`sr_runtime.progress.Progress` (frames). On an error or Ctrl-C the finished segments
+        stay for a resume and the message says so."""
         from sr_runtime.atomic import sha256_file
-        from sr_runtime.video import join_segments
 
+        info = self.info
+        assert info is not None, "VideoJob.run before prepare"
         try:
             for stray in self.dir.glob(".seg_*.partial*"):  # a segment being written when the last run died
                 stray.unlink(missing_ok=True)
@@ -386,7 +336,7 @@ class VideoJob:
                 progress.set_total(total)
                 progress.update_to(done_frames)
             tasks = [
-                SegmentTask(s, str(self.src), str(self.part(s.index)), info, codec, crf, preset, pix_fmt) for s in todo
+                SegmentTask(s, str(self.src), str(self.part(s.index)), info, encoding) for s in todo
             ]
             running: dict[int, int] = {}
 
@@ -467,7 +417,7 @@ def model_identity(model: str | os.PathLike | None, scale: int | None, *, runs_d
     from sr_runtime.zoo import default_model, resolve_checkpoint
 
     if model is None:
-        model = default_model(scale)
+        model = default_model(scale, runs_dir=runs_dir)
     if model_kind(model) != "checkpoint":
         return sha256_file(model)
     path, _ = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
@@ -495,20 +445,24 @@ def run_video(
     (default: here, with ``up``); ``model_sha256`` and ``options`` (backend, precision, tile...)
     identify the job for a resume. Returns ``(frames, seconds)``."""
     from sr_runtime.progress import Progress
-    from sr_runtime.video import probe_video
 
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
-    encode = {"codec": codec, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
-    segments = job = None
+    encoding = Encoding(codec, crf, preset, pix_fmt)
+    job = None
     if segment_seconds:
-        identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **encode}
+        identity = {"model_sha256": model_sha256, "scale": up.scale, **(options or {}), **asdict(encoding)}
         job = VideoJob(src, dst, identity=identity, segment_seconds=segment_seconds, restart=restart)
         segments = job.prepare()
-    info = probe_video(src)
-    with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
+        info = job.info
         if segments is None:
-            result = up.upscale_video(src, dst, **encode, progress=lambda done, total: bar.update_to(done))
+            job = None
+    else:
+        info = probe_video(src)
+    with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
+        if job is None:
+            result = upscale_video(up, src, dst, info=info, encoding=encoding,
+                                   progress=lambda done, total: bar.update_to(done))
             return result.frames, time.perf_counter() - start
-        frames = job.run(runner or LocalRunner(up), info, **encode, progress=bar)
+        frames = job.run(runner or LocalRunner(up), encoding, progress=bar)
     return frames, time.perf_counter() - start

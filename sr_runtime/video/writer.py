@@ -1,27 +1,21 @@
-"""Decode and encode video frames with PyAV, each in its own thread; knows nothing about models.
+"""Encode upscaled frames and copy the source's other streams: the last step of a frame's path.
 
-:class:`VideoReader` yields RGB frames (HWC uint8, or uint16 for more than 8 bits) with their
-timestamps from a decode thread through a bounded queue. :class:`VideoWriter` encodes RGB frames
-in an encode thread (bounded queue), gives each output frame the input frame's ``pts`` and
-``time_base`` (so variable frame rate and the exact frame count survive), tags the colour
-metadata of the input (range, matrix, primaries, transfer) and its display matrix (the rotation of
-phone videos), and copies every audio and subtitle stream packet for packet (no re-encoding). It writes to a temporary file beside the destination
-and renames it at the end; on any error or Ctrl-C the temporary file is deleted.
+:class:`VideoWriter` encodes RGB frames in an encode thread (bounded queue), gives each output
+frame the input frame's ``pts`` and ``time_base`` (so variable frame rate and the exact frame count
+survive), tags the colour metadata of the input (range, matrix, primaries, transfer) and its
+display matrix (the rotation of phone videos), and copies every audio and subtitle stream packet
+for packet (no re-encoding; :class:`_StreamCopier`, which the join uses too). It writes to a
+temporary file beside the destination and renames it at the end; on any error or Ctrl-C the
+temporary file is deleted. Knows nothing about models.
 
 Decisions: output pixel format defaults to the input's when the encoder takes it (so 10-bit stays
 10-bit), else ``yuv420p``. Chroma-subsampled formats need even sides: an odd output side is cropped
-by one pixel (last row/column), with a warning. A packet the decoder rejects is logged and
-skipped; a container that cannot be read (truncated MP4 without its index) is a VideoError.
+by one pixel (last row/column), with a warning.
 
 Write errors (disk full, permission, quota) surface at the packet that hits them: the output is
 opened with ``flush_packets`` (no 256 KiB avio buffer hiding the error) and Matroska clusters are
 closed every second (they are otherwise held in memory for 5 s); the encode thread records the error
 and the producer's next :meth:`VideoWriter.check` or :meth:`VideoWriter.write` raises it.
-
-Side data: PyAV 18 reads the display matrix from decoded frames (``frame.side_data``; streams expose
-no side data) and writes it with ``VideoStream.set_display_matrix``, its only stream side-data
-writer. HDR mastering-display and content-light side data have no writer in PyAV 18 and are not
-carried.
 """
 
 from __future__ import annotations
@@ -32,36 +26,23 @@ import os
 import queue
 import secrets
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from sr_runtime.errors import InputError, VideoError
+from sr_runtime.video.probe import _COLOR_RANGES, _SWS_COLORSPACES, _av, _bit_depth, _open_input
+from sr_runtime.video.reader import FrameInfo
 
-__all__ = [
-    "VIDEO_SUFFIXES",
-    "VideoInfo",
-    "FrameInfo",
-    "probe_video",
-    "check_encoder",
-    "default_pix_fmt",
-    "VideoReader",
-    "VideoWriter",
-    "is_video",
-    "join_segments",
-]
+__all__ = ["Encoding", "VideoWriter", "check_encoder", "default_pix_fmt"]
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".wmv", ".flv", ".mpg", ".mpeg")
 _END = object()
-_SWS_COLORSPACES = {1: 1, 4: 4, 5: 5, 6: 6, 7: 7, 9: 9, 10: 9}
-"""AVColorSpace -> swscale colourspace (BT.709, FCC, BT.601 (470BG/170M), SMPTE 240M, BT.2020)."""
-_COLOR_RANGES = (1, 2)
-"""AVCOL_RANGE_MPEG (limited) and AVCOL_RANGE_JPEG (full)."""
 _MKV_CLUSTER_MS = 1000
 """Matroska cluster length: a cluster is written (and a write error seen) at least this often."""
 _INTERLEAVE_US = 1_000_000
@@ -78,126 +59,18 @@ _WRITE_ERRORS = {
 }
 
 
-def _av():
-    try:
-        import av
-    except ImportError as e:
-        raise VideoError("video needs PyAV: pip install av") from e
-    return av
-
-
-def is_video(path: str | os.PathLike) -> bool:
-    """True when ``path`` has a video container suffix."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
 
 @dataclass(frozen=True)
-class FrameInfo:
-    """Timing of one decoded frame, carried to the encoder unchanged."""
+class Encoding:
+    """The encoder settings of an output video (what ``sr-run --codec --crf --preset --pix-fmt`` set)."""
 
-    index: int
-    pts: int | None
-    time_base: Fraction | None
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What :func:`probe_video` finds in a file."""
-
-    path: Path
-    width: int
-    height: int
-    pix_fmt: str
-    bit_depth: int
-    frames: int
-    """Frame count from the container header (0 when unknown)."""
-    time_base: Fraction
-    rate: Fraction | None
-    duration_s: float | None
-    color: dict[str, int] = field(default_factory=dict)
-    """``color_range``, ``colorspace``, ``color_primaries``, ``color_trc`` of the video stream."""
-    copy_streams: tuple[str, ...] = ()
-    """``"index:type:codec"`` of the audio and subtitle streams that will be copied."""
-    display_matrix: tuple[int, ...] | None = None
-    """The 9 int32 of FFmpeg's display matrix (rotation/flip for players), None when the video has none."""
-
-
-def _open_input(path: Path):
-    av = _av()
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_file() and path.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: cannot open as video ({e}); the file is damaged, truncated or not a video") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoError(f"{path}: has no video stream")
-    return container
-
-
-def _bit_depth(pix_fmt: str) -> int:
-    av = _av()
-    try:
-        return max(c.bits for c in av.VideoFormat(pix_fmt).components)
-    except (ValueError, TypeError):
-        return 8
-
-
-def _color_of(obj) -> dict[str, int]:
-    return {k: int(getattr(obj, k, 0) or 0) for k in ("color_range", "colorspace", "color_primaries", "color_trc")}
-
-
-def _display_matrix(container, stream, max_packets: int = 64) -> tuple[int, ...] | None:
-    """The display matrix of ``stream``, read from its first decoded frame (PyAV 18 has no reader for
-    stream side data; FFmpeg copies it onto every decoded frame). None when absent or undecodable."""
-    av = _av()
-    try:
-        for n, packet in enumerate(container.demux(stream)):
-            for frame in packet.decode():
-                for sd in frame.side_data:
-                    if sd.type.name == "DISPLAYMATRIX":
-                        matrix = tuple(int(v) for v in np.frombuffer(bytes(sd), dtype="<i4"))
-                        return matrix if len(matrix) == 9 else None
-                return None
-            if n >= max_packets:
-                return None
-    except (av.FFmpegError, ValueError) as e:
-        log.debug("%s: no display matrix read (%s)", container.name, e)
-    return None
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read the header of ``path``; raises InputError (missing) or VideoError (unreadable)."""
-    path = Path(path)
-    container = _open_input(path)
-    try:
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        if not ctx.width or not ctx.height or ctx.pix_fmt is None:
-            raise VideoError(f"{path}: video stream has no size or pixel format (damaged header)")
-        duration = float(container.duration) / 1_000_000 if container.duration else None
-        copies = tuple(
-            f"{s.index}:{s.type}:{s.codec_context.name}" for s in container.streams if s.type in ("audio", "subtitle")
-        )
-        return VideoInfo(
-            path=path,
-            width=ctx.width,
-            height=ctx.height,
-            pix_fmt=ctx.pix_fmt,
-            bit_depth=_bit_depth(ctx.pix_fmt),
-            frames=int(stream.frames or 0),
-            time_base=stream.time_base,
-            rate=stream.average_rate or stream.guessed_rate,
-            duration_s=duration,
-            color=_color_of(ctx),
-            copy_streams=copies,
-            display_matrix=_display_matrix(container, stream),
-        )
-    finally:
-        container.close()
+    codec: str = "libx264"
+    """``libx264``, ``libx265``, ``h264_nvenc``, ``hevc_nvenc``... (checked before anything is written)."""
+    crf: int | None = 18
+    """Constant rate factor (NVENC: cq); None for the encoder's default."""
+    preset: str | None = None
+    pix_fmt: str | None = None
+    """None: the input's when the encoder takes it, else ``yuv420p`` (:func:`default_pix_fmt`)."""
 
 
 def _subsampling(pix_fmt: str) -> tuple[bool, bool]:
@@ -264,152 +137,6 @@ def check_encoder(
             f"encoder {codec} cannot be opened for {width}x{height} {pix_fmt} ({e}); {hint}. "
             f"Software encoders here: {', '.join(software)}"
         ) from e
-
-
-class VideoReader:
-    """Decode ``path`` in a background thread; iterate to get ``(rgb_hwc, FrameInfo)``.
-
-    Frames are uint8 RGB, or uint16 (``rgb48le``) when ``high_bit_depth``. The colour matrix and
-    range of each frame are honoured in the conversion to RGB. A packet the decoder rejects is
-    logged and skipped (``skipped_packets`` counts them). Use as a context manager (stops the thread).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        high_bit_depth: bool = False,
-        queue_size: int = 8,
-        start_pts: int | None = None,
-        end_pts: int | None = None,
-        seek_pts: int | None = None,
-        first_index: int = 0,
-    ) -> None:
-        self.path = Path(path)
-        self._container = _open_input(self.path)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        self._start_pts, self._end_pts, self._first_index = start_pts, end_pts, first_index
-        if seek_pts is not None and seek_pts > (self._stream.start_time or 0):
-            self._seek(seek_pts)
-        self._format = "rgb48le" if high_bit_depth else "rgb24"
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._stop = threading.Event()
-        self.skipped_packets = 0
-        self._thread = threading.Thread(target=self._decode, name="sr-video-decode", daemon=True)
-        self._thread.start()
-
-    def _seek(self, pts: int) -> None:
-        """Seek to the keyframe at or before ``pts``; if the demuxer lands after ``start_pts`` (an
-        index that does not list that keyframe), read from the beginning instead: slower, never wrong."""
-        av = _av()
-        try:
-            self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
-        except av.FFmpegError as e:
-            log.debug("%s: seek to pts %d failed (%s); reading from the start", self.path.name, pts, e)
-            self._rewind()
-            return
-        first = next((p for p in self._container.demux(self._stream) if p.pts is not None), None)
-        if first is None or (self._start_pts is not None and first.pts > self._start_pts):
-            log.debug("%s: seek to pts %d landed at %s; reading from the start", self.path.name, pts, first and first.pts)
-            self._rewind()
-            return
-        self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
-
-    def _rewind(self) -> None:
-        self._container.close()
-        self._container = _open_input(self.path)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _to_rgb(self, frame) -> np.ndarray:
-        kwargs: dict[str, Any] = {}
-        space = _SWS_COLORSPACES.get(int(frame.colorspace or 0))
-        if space is not None:
-            kwargs["src_colorspace"] = space
-        if int(frame.color_range or 0) in _COLOR_RANGES:
-            kwargs["src_color_range"] = int(frame.color_range)
-        return frame.to_ndarray(format=self._format, **kwargs)
-
-    def _decode(self) -> None:
-        av = _av()
-        index = 0
-        last_pts: int | None = None
-        try:
-            for packet in self._container.demux(self._stream):
-                if self._stop.is_set():
-                    return
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError as e:
-                    self.skipped_packets += 1
-                    log.warning("%s: damaged packet at pts %s skipped (%s)", self.path.name, packet.pts, e)
-                    continue
-                for frame in frames:
-                    pts = frame.pts
-                    if pts is None and last_pts is not None and self._stream.average_rate:
-                        step = 1 / (self._stream.average_rate * self._stream.time_base)
-                        pts = int(last_pts + step)
-                    last_pts = pts
-                    if pts is not None and self._start_pts is not None and pts < self._start_pts:
-                        continue  # decoded from the keyframe before the range: context only
-                    if pts is not None and self._end_pts is not None and pts >= self._end_pts:
-                        self._put(_END)
-                        return
-                    info = FrameInfo(self._first_index + index, pts, frame.time_base or self._stream.time_base)
-                    if not self._put((self._to_rgb(frame), info)):
-                        return
-                    index += 1
-        except av.FFmpegError as e:
-            self._put(VideoError(f"{self.path}: cannot read past frame {index} ({e}); the file is damaged or truncated"))
-            return
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            self._put(e)
-            return
-        self._put(_END)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, FrameInfo]]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def batches(self, size: int) -> Iterator[tuple[list[np.ndarray], list[FrameInfo]]]:
-        """Frames grouped ``size`` at a time (the last group may be smaller)."""
-        frames: list[np.ndarray] = []
-        infos: list[FrameInfo] = []
-        for frame, info in self:
-            frames.append(frame)
-            infos.append(info)
-            if len(frames) == size:
-                yield frames, infos
-                frames, infos = [], []
-        if frames:
-            yield frames, infos
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._container.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def _open_output(tmp: Path, dst: Path):
     """Open ``tmp`` for writing in the container of ``dst``'s suffix.
@@ -621,7 +348,10 @@ class VideoWriter:
         """
         if len(frames) != len(infos):
             raise InputError(f"{len(frames)} frames but {len(infos)} frame infos")
-        item = _Batch(frames, infos, wait, release)
+        self._put(_Batch(frames, infos, wait, release))
+
+    def _put(self, item) -> None:
+        """Queue ``item`` for the encode thread, raising its error while the queue is full."""
         while True:
             self.check()
             try:
@@ -698,13 +428,7 @@ class VideoWriter:
         """Flush the encoder, copy the remaining audio/subtitle packets, rename into place; returns ``dst``."""
         if self._closed:
             return self.dst
-        while True:
-            self.check()
-            try:
-                self._queue.put(_END, timeout=0.1)
-                break
-            except queue.Full:
-                continue
+        self._put(_END)
         self._thread.join()
         try:
             self.check()
@@ -756,94 +480,3 @@ class VideoWriter:
             self.abort()
         elif not self._closed:
             self.close()
-
-
-def join_segments(
-    parts: list[Path],
-    dst: str | os.PathLike,
-    *,
-    source: str | os.PathLike | None = None,
-    display_matrix: tuple[int, ...] | None = None,
-) -> int:
-    """Join video-only segment files (each written by :class:`VideoWriter` with the same encoder
-    settings, in order) into ``dst`` by stream copy, with ``source``'s audio and subtitle streams,
-    metadata and chapters copied once and ``display_matrix`` set on the video stream.
-
-    Packets keep their timestamps. Where a segment's first decode timestamps fall at or before the
-    previous segment's last (the encoder's B-frame delay restarts at each segment), they are moved
-    up by one tick each, which leaves every presentation timestamp as it was. Written to a temporary
-    file and renamed; returns the number of video packets. Raises VideoError (segments encoded
-    differently, or a write error such as a full disk).
-    """
-    av = _av()
-    dst = Path(dst)
-    if not parts:
-        raise VideoError(f"{dst}: no segments to join")
-    tmp = _partial_name(dst)
-    out = copier = None
-    written = 0
-    try:
-        out = _open_output(tmp, dst)
-        first = _open_input(parts[0])
-        try:
-            template = first.streams.video[0]
-            reference = (template.codec_context.name, template.codec_context.extradata, template.width,
-                         template.height, template.time_base)
-            stream = out.add_stream_from_template(template)
-            stream.time_base = template.time_base
-        finally:
-            first.close()
-        if display_matrix is not None:
-            stream.set_display_matrix(display_matrix)
-        if source is not None:
-            copier = _StreamCopier(Path(source), out, dst, out.mux)
-        last_dts: int | None = None
-        for n, part in enumerate(parts):
-            container = _open_input(part)
-            try:
-                vs = container.streams.video[0]
-                got = (vs.codec_context.name, vs.codec_context.extradata, vs.width, vs.height, vs.time_base)
-                if got != reference:
-                    raise VideoError(
-                        f"{part.name}: segment {n} was encoded with other settings than segment 0 "
-                        f"({got[0]} {got[2]}x{got[3]} vs {reference[0]} {reference[2]}x{reference[3]}); "
-                        "run again with --restart"
-                    )
-                for packet in container.demux(vs):
-                    if packet.size == 0:
-                        continue
-                    if packet.dts is not None and last_dts is not None and packet.dts <= last_dts:
-                        moved = last_dts + 1
-                        if packet.pts is not None and moved > packet.pts:
-                            raise VideoError(
-                                f"{part.name}: segment {n} overlaps the one before it in time "
-                                f"(pts {packet.pts} <= {last_dts}); run again with --restart"
-                            )
-                        packet.dts = moved
-                    if packet.dts is not None:
-                        last_dts = packet.dts
-                    if copier is not None:
-                        ts = packet.dts if packet.dts is not None else packet.pts
-                        if ts is not None:
-                            copier.copy_until(float(ts * packet.time_base))
-                    packet.stream = stream
-                    out.mux(packet)
-                    written += 1
-            finally:
-                container.close()
-        if copier is not None:
-            copier.copy_until(None)
-            copier.close()
-        out.close()
-        os.replace(tmp, dst)
-    except BaseException as e:
-        if copier is not None:
-            copier.close()
-        _close_quietly(out)
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, av.FFmpegError) or getattr(e, "errno", None) in _WRITE_ERRORS:
-            raise _write_failure(dst, e, "while joining the segments (they are kept)") from e
-        if isinstance(e, av.FFmpegError):
-            raise VideoError(f"{dst}: joining the segments failed ({e})") from e
-        raise
-    return written

@@ -23,7 +23,9 @@ from sr_runtime.checkpoint import save_checkpoint
 from sr_runtime.errors import VideoError
 from sr_runtime.resize import upscale_bicubic
 from sr_runtime.upscaler import Upscaler
-from sr_runtime.video import VideoReader, VideoWriter, check_encoder, probe_video
+from sr_runtime.video.probe import probe_video
+from sr_runtime.video.reader import VideoReader
+from sr_runtime.video.writer import VideoWriter, check_encoder
 
 VFR_PTS = [0, 40, 80, 200, 240, 300, 333, 400, 440, 480]
 """Milliseconds: irregular on purpose (variable frame rate)."""
