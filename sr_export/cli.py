@@ -55,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: tensorrt/ in $SR_RUNTIME_CACHE or ~/.cache/sr_runtime)")
     p.add_argument("--parity-dir", type=Path, help="extra PNG images for the parity check (default: Set5 if found)")
     p.add_argument("--no-slim", action="store_true", help="skip onnxslim")
+    p.add_argument("--triton", type=Path, metavar="DIR",
+                   help="also write a Triton model repository into DIR (FP32 and FP16 ONNX, the engine where one "
+                   "was built), configs checked with Triton's schema; implies --fp16")
     p.add_argument("-v", "--verbose", action="store_true", help="log every parity image")
     add_debug_argument(p)
     return p
 
 
-_AS_GIVEN = ("model", "scale", "fp16", "fp16_io", "out", "opset", "batch", "runs_dir", "cache_dir")
+_AS_GIVEN = ("model", "scale", "fp16", "fp16_io", "out", "opset", "batch", "runs_dir", "cache_dir", "triton")
 """ExportRequest fields that the option of the same name fills as it is."""
 _SHAPES = ("min_shape", "opt_shape", "max_shape")
 """ExportRequest fields filled from an ``HxW`` option of the same name."""
@@ -93,6 +96,9 @@ def _print_summary(result: ExportResult) -> None:
             f"  {artifact:<48} {worst['psnr_db']!s:>8} dB  max |diff| {max(r['max_abs_levels'] for r in rows)}"
             f" levels  ({len(rows)} images)"
         )
+    if manifest.get("triton"):
+        print(f"triton repository {manifest['triton']['repository']}: {', '.join(manifest['triton']['models'])}"
+              " (configs checked with Triton's schema; no Triton server was run)")
     print(f"total {manifest['timings_s'].get('total', 0):.1f} s; manifest {result.out_dir / 'export.json'}")
 
 

@@ -74,6 +74,8 @@ class Manifest:
     fp16: dict[str, Any] | None = None
     """FP16 conversion: I/O precision and the nodes kept in FP32."""
     engine: dict[str, Any] | None = None
+    triton: dict[str, Any] | None = None
+    """The Triton model repository written from this export (``--triton DIR``): its folder and models."""
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=tool_versions)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -95,6 +97,7 @@ class Manifest:
             "profile": self.profile,
             "fp16": self.fp16,
             "engine": self.engine,
+            "triton": self.triton,
             "parity": [row.to_dict() for row in self.parity],
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
             "versions": self.versions,

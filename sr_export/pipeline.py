@@ -12,6 +12,7 @@ machine without TensorRT still gets its ONNX files before ``--format engine`` fa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -96,6 +97,9 @@ class ExportRequest:
     odd_size: tuple[int, int] = (37, 53)
     large_size: tuple[int, int] = (64, 96)
     fp16_calibration_size: tuple[int, int] = (32, 48)
+    triton: Path | None = None
+    """A Triton model repository to write the checked forms into (:mod:`sr_export.triton`); implies
+    ``fp16`` so that both precisions are served."""
 
     def command(
         self, *, model_path: Path, scale: int, formats: Sequence[str], profile: ShapeProfile | None, out: Path
@@ -122,6 +126,8 @@ class ExportRequest:
             ]
         if not self.slim:
             args.append("--no-slim")
+        if self.triton is not None:
+            args += ["--triton", str(self.triton)]
         return shlex.join(args)
 
 
@@ -220,11 +226,20 @@ def run_export(req: ExportRequest) -> ExportResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     formats, scale = _check_request(req)
+    if req.triton is not None:  # before the slow work: the schema the configs are checked with
+        from sr_export.triton import triton_schema
+
+        triton_schema()
+        if not req.fp16:
+            req = dataclasses.replace(req, fp16=True)
+            log.info("fp16: on (--triton serves the FP32 and FP16 forms)")
     with _timed(timings, "load"):
         src = _load_source(req.model, scale, runs_dir=req.runs_dir)
     out_dir = Path(req.out) if req.out is not None else Path("exports") / src.stem
     # Before the slow work: a read-only or unusable target fails now, not after every parity check.
     check_writable_dir(out_dir, what="export folder", replaced=True)
+    if req.triton is not None:
+        check_writable_dir(Path(req.triton), what="Triton model repository")
     trace, sizes = _trace_and_parity_sizes(req, src.ckpt.spec)
     if not any(h > trace[0] and w > trace[1] for h, w in sizes):
         raise ConfigError(f"a parity size must exceed the trace size {format_hw(trace)}; got {sizes}")
@@ -245,7 +260,44 @@ def run_export(req: ExportRequest) -> ExportResult:
         timings["total"] = time.perf_counter() - t_start
         onnx.manifest.timings_s = dict(timings)
         write_manifest(out_dir, onnx.manifest)
+
+    # Phase 3: the Triton repository, from the files that passed their parity checks.
+    if req.triton is not None:
+        with _timed(timings, "triton"):
+            files += _write_triton(req, src, onnx, out_dir=out_dir)
+        timings["total"] = time.perf_counter() - t_start
+        onnx.manifest.timings_s = dict(timings)
+        write_manifest(out_dir, onnx.manifest)
     return ExportResult(out_dir=out_dir, manifest=read_manifest(out_dir), files=files)
+
+
+def _write_triton(req: ExportRequest, src: _Source, onnx: _OnnxStage, *, out_dir: Path) -> list[Path]:
+    """The export's checked forms as Triton models in ``req.triton``; the manifest records them."""
+    from sr_export.triton import write_repository
+
+    assert req.triton is not None
+    engines = {}
+    if onnx.manifest.engine:
+        engines[str(onnx.manifest.engine["compute_capability"])] = out_dir / onnx.manifest.engine["file"]
+    fp16 = onnx.artifacts.get("fp16")
+    models = write_repository(
+        req.triton,
+        name=src.stem,
+        onnx_fp32=out_dir / onnx.artifacts["fp32"].name,
+        onnx_fp16=out_dir / fp16.name if fp16 is not None else None,
+        engines=engines,
+        scale=src.ckpt.scale,
+        value_range=onnx.spec.value_range,
+        max_batch=max(req.batch, 8),
+    )
+    onnx.manifest.triton = {
+        "repository": str(Path(req.triton).resolve()),
+        "models": {m.name: {"kind": m.kind, "files": [str(p) for p in m.files.values()]} for m in models},
+        "validated": "configs parsed with Triton's ModelConfig schema (tritonclient); I/O checked against "
+                     "each ONNX graph; no Triton server was run",
+    }
+    log.info("triton: wrote %s (%s)", req.triton, ", ".join(m.name for m in models))
+    return [p for m in models for p in m.files.values()]
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,37 @@ def test_a_config_that_disagrees_with_its_graph_is_refused(tmp_path, onnx_files)
     path.write_text("this is { not a config")
     with pytest.raises(ExportError, match="not a valid Triton model config"):
         check_repository(tmp_path)
+
+
+def test_sr_export_triton_writes_the_checked_forms_as_a_repository(tmp_path, monkeypatch, capsys):
+    from sr_export import cli
+    from sr_runtime.atomic import sha256_file
+
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the shipped FSRCNN x4
+    assert cli.main(["--model", "fsrcnn", "--scale", "4", "--format", "onnx", "--parity-dir", str(tmp_path),
+                     "--triton", "repo"]) == 0
+    repo, out = tmp_path / "repo", tmp_path / "exports" / "fsrcnn_x4"
+    assert sorted(p.name for p in repo.iterdir()) == ["fsrcnn_x4", "fsrcnn_x4_fp16"]  # --triton implies --fp16
+    check_repository(repo)
+    # The repository serves the very files that passed the parity gate.
+    assert sha256_file(repo / "fsrcnn_x4" / "1" / "model.onnx") == sha256_file(out / "fsrcnn_x4.onnx")
+    assert sha256_file(repo / "fsrcnn_x4_fp16" / "1" / "model.onnx") == sha256_file(out / "fsrcnn_x4_fp16.onnx")
+    import json
+
+    manifest = json.loads((out / "export.json").read_text())
+    assert set(manifest["triton"]["models"]) == {"fsrcnn_x4", "fsrcnn_x4_fp16"}
+    assert "--triton repo" in manifest["command"] and "no Triton server was run" in capsys.readouterr().out
+
+
+def test_sr_export_triton_without_the_schema_fails_before_any_export(tmp_path, monkeypatch, capsys):
+    from sr_export import cli, triton
+    from sr_runtime.errors import BackendUnavailableError
+
+    def missing():
+        raise BackendUnavailableError("--triton validates configs with Triton's schema from tritonclient: pip install x")
+
+    monkeypatch.setattr(triton, "triton_schema", missing)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--model", "fsrcnn", "--scale", "4", "--format", "onnx", "--triton", "repo"]) == 2
+    assert "tritonclient" in capsys.readouterr().err
+    assert not (tmp_path / "exports").exists() and not (tmp_path / "repo").exists()
