@@ -149,7 +149,9 @@ def _make_runner(args: argparse.Namespace, up):
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
-    kwargs = {**_upscaler_kwargs(args), "scale": up.scale}
+    # The workers load the file this process resolved the model to: a name resolved again could
+    # find a newer training run, and the segments of one video would mix two models.
+    kwargs = {**_upscaler_kwargs(args), "scale": up.scale, "model": str(up.model_file or args.model)}
     if args.ray is not None:
         from sr_runtime.video.runners import RayRunner
 
@@ -162,9 +164,9 @@ def _make_runner(args: argparse.Namespace, up):
 
 def _video_options(args: argparse.Namespace, up, runner) -> dict:
     """Keyword arguments of sr_runtime.video.job.run_video for every video of this run."""
-    from sr_runtime.video.job import model_identity
+    from sr_runtime.atomic import sha256_file
 
-    sha = model_identity(args.model, up.scale) if args.segment_seconds else None
+    sha = sha256_file(up.model_file) if args.segment_seconds and up.model_file else None
     options = {k: getattr(args, k) for k in ("backend", "device", "precision", "provider", "tile", "tile_overlap")}
     return {
         "runner": runner,

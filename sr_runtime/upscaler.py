@@ -144,6 +144,9 @@ class Upscaler:
         self.backend: Backend = load_backend(model, self.options, scale=scale)
         self.spec = self.backend.spec
         self.scale = self.spec.scale
+        self.model_file: Path | None = self.backend.model_file
+        """The file the model was resolved to, once (a name's best checkpoint, or the file given): what a
+        video job's identity hashes and what worker processes load, so every part runs the same model."""
         self.device = self.backend.device
         self.tile = tile
         self.overlap = default_overlap(self.spec) if tile_overlap is None else tile_overlap
@@ -310,6 +313,31 @@ class Upscaler:
 
     # --- public API ------------------------------------------------------------------------------
 
+    def describe_model(self) -> dict:
+        """What runs, for a service's ``/v1/models`` and logs: the model file, architecture and scale, the
+        backend, device and precision, and (when the fast path chose the form) the form and its parity."""
+        from sr_runtime.checkpoint import read_metadata
+        from sr_runtime.errors import CheckpointError
+
+        info = {"scale": self.scale, "model_file": str(self.model_file) if self.model_file else None,
+                "backend": self.backend.name, "device": str(self.device), "precision": self.backend.precision,
+                "runs": self.backend.describe()}
+        if self.model_file is not None and self.model_file.suffix == ".safetensors":
+            try:
+                meta = read_metadata(self.model_file)
+                info["name"], metrics = meta.get("arch"), meta.get("metrics") or {}
+                if metrics.get("val_psnr") is not None:
+                    info["validation"] = {"set": metrics.get("val_name"), "psnr_db": metrics["val_psnr"]}
+            except CheckpointError:  # a community file without our metadata: the rest still describes it
+                pass
+        info.setdefault("name", self.model_file.stem if self.model_file else None)
+        if self.backend.fast_path:
+            info.update(self.backend.fast_path)
+        else:
+            info["form"] = f"{self.backend.name}-{self.device.type}-{self.backend.precision}"
+            info["parity_db"] = None
+        return info
+
     def with_model_fn(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Upscaler:
         """A view of this Upscaler (same backend, tiling and settings, its own lock) whose model calls go
         to ``fn`` instead of the backend: a service runs one view per thread with ``fn`` batching the
@@ -365,7 +393,7 @@ class Upscaler:
         h, w, c = pixels.shape
         s = self.scale
         with self._lock:
-            lr = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(2, 0, 1)[None]
+            lr = _tensor(pixels).to(self.device).permute(2, 0, 1)[None]
             out = torch.empty((1, h * s, w * s, c), dtype=torch_dtype, device=self.device)
 
             def write(index, box, crop):
@@ -378,7 +406,7 @@ class Upscaler:
             self._run(lr, write, peak=peak, progress=progress)
             out_alpha = None
             if alpha is not None:
-                a = torch.from_numpy(np.ascontiguousarray(alpha)).to(self.device)[None, None]
+                a = _tensor(alpha).to(self.device)[None, None]
                 alpha_out = torch.empty((1, h * s, w * s), dtype=torch_dtype, device=self.device)
                 self._upscale_alpha(a, alpha_out, peak)
                 out_alpha = alpha_out[0].cpu().numpy()
@@ -471,6 +499,13 @@ class Upscaler:
 
     def __repr__(self) -> str:
         return f"<Upscaler x{self.scale} {self.backend.describe()}>"
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory where it can. A read-only array (``np.asarray`` of a PIL
+    image is one) is copied: torch cannot share memory it may not write, and warns if asked to."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _split_channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -264,9 +264,12 @@ def create_backend(
              f", provider {choice.provider}" if choice.provider else "", choice.reason)
     chosen = options.replace(backend=choice.backend, device=choice.device, provider=choice.provider)
     if choice.backend == "torch":
-        _, ckpt, source = open_checkpoint(model, scale=scale, runs_dir=options.runs_dir)
-        return open_artifact(ckpt.model, chosen, spec=ckpt.spec, source=source)
-    return open_artifact(model, chosen, scale=scale)
+        path, ckpt, source = open_checkpoint(model, scale=scale, runs_dir=options.runs_dir)
+        backend = open_artifact(ckpt.model, chosen, spec=ckpt.spec, source=source)
+    else:
+        path, backend = Path(model), open_artifact(model, chosen, scale=scale)
+    backend.model_file = path
+    return backend
 
 
 def open_artifact(

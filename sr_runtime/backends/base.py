@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -76,6 +77,12 @@ class Backend(abc.ABC):
         a recompile (torch.compile) or a capture (CUDA graphs), so the caller pads to one tile shape."""
         self.source = source
         """What was loaded, for logs: a checkpoint, an ONNX file, an engine."""
+        self.fast_path: dict | None = None
+        """When the fast path chose this form: its name, the parity (dB against PyTorch FP32; None when
+        exact), the probe's speed-up over torch FP32 and the probe size. Set by the fast path."""
+        self.model_file: Path | None = None
+        """The file the model came from, once resolved: the checkpoint a model name stood for (also when
+        a faster form of it runs), or the artifact given. Set by the factory that opened it."""
         self._closed = False
 
     @property

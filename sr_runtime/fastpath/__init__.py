@@ -88,7 +88,9 @@ def load_backend(model: str | os.PathLike, options: RuntimeOptions | None = None
         choice = select_backend("checkpoint", backend=options.backend, device=options.device, provider=options.provider)
         if wants_fast_path(options, choice.device):
             path, ckpt, source = open_checkpoint(model, scale=scale, runs_dir=options.runs_dir)
-            return accelerated_backend(path, ckpt, options, source=source)
+            backend = accelerated_backend(path, ckpt, options, source=source)
+            backend.model_file = path
+            return backend
     return create_backend(model, options, scale=scale)
 
 
@@ -127,7 +129,9 @@ def _tensorrt_engine(model: str | os.PathLike, options: RuntimeOptions, scale: i
     elif not str(parse_device(device)).startswith("cuda"):
         raise BackendUnavailableError(f"a TensorRT engine runs on a CUDA device, not {device!r}")
     path, ckpt, source = open_checkpoint(model, scale=scale, runs_dir=options.runs_dir)
-    return accelerated_backend(path, ckpt, options.replace(device=device), source=source)
+    backend = accelerated_backend(path, ckpt, options.replace(device=device), source=source)
+    backend.model_file = path
+    return backend
 
 
 def key_inputs(ckpt_path: str | Path, ckpt: Checkpoint, device: torch.device, precision: str | None, *,
@@ -175,4 +179,6 @@ def accelerated_backend(ckpt_path: str | Path, ckpt: Checkpoint, options: Runtim
         choice["name"], choice["precision"], record["speedup_vs_torch_fp32"], record["probe"],
         record["parity_db"] if record["parity_db"] is not None else "exact", how, where,
     )
+    form.fast_path = {"form": choice["name"], "parity_db": record["parity_db"],
+                      "speedup_vs_torch_fp32": record["speedup_vs_torch_fp32"], "probe": record["probe"]}
     return form

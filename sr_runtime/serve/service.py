@@ -122,8 +122,7 @@ class UpscaleService:
         self._batcher = TileBatcher(up.backend.run, max_batch=max_batch, window_s=self.config.batch_window_ms / 1e3,
                                     on_batch=self.metrics.batch_size.observe)
         self._upscaler = up
-        self.model_info = up.describe_model() if hasattr(up, "describe_model") else {
-            "scale": up.scale, "backend": up.backend.describe()}
+        self.model_info = up.describe_model()
         self._ready.set()
         log.info("ready: %s", self.model_info)
 

@@ -44,7 +44,7 @@ from sr_runtime.video.probe import PacketIndex, VideoInfo, probe_video, scan_vid
 from sr_runtime.video.runners import LocalRunner
 from sr_runtime.video.writer import Encoding
 
-__all__ = ["SEGMENT_SUFFIXES", "JobInterrupted", "Segment", "SegmentTask", "VideoJob", "job_dir_for", "model_identity",
+__all__ = ["SEGMENT_SUFFIXES", "JobInterrupted", "Segment", "SegmentTask", "VideoJob", "job_dir_for",
            "plan_segments", "run_segment", "run_video"]
 
 log = logging.getLogger(__name__)
@@ -408,20 +408,6 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     if old.get("segments") != new["segments"] or old.get("segment_seconds") != new["segment_seconds"]:
         return "the segment length changed"
     return None
-
-
-def model_identity(model: str | os.PathLike | None, scale: int | None, *, runs_dir: str | os.PathLike = "runs") -> str:
-    """The sha256 of the file that ``model`` (as given to the Upscaler) resolves to."""
-    from sr_runtime.atomic import sha256_file
-    from sr_runtime.backends import model_kind
-    from sr_runtime.zoo import default_model, resolve_checkpoint
-
-    if model is None:
-        model = default_model(scale, runs_dir=runs_dir)
-    if model_kind(model) != "checkpoint":
-        return sha256_file(model)
-    path, _ = resolve_checkpoint(str(model), scale, runs_dir=runs_dir)
-    return sha256_file(path)
 
 
 def run_video(

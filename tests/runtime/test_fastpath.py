@@ -64,6 +64,10 @@ def test_default_checkpoint_runs_its_fastest_checked_form_and_caches_it(built_ca
             Upscaler("fsrcnn", scale=2, device="cpu", tile=0, backend="torch") as eager:
         assert fast.backend.name == record["choice"]["backend"]
         assert isinstance(eager.backend, TorchBackend)
+        # What a service reports under /v1/models: the form chosen, its parity, the file it came from.
+        info = fast.describe_model()
+        assert (info["name"], info["form"], info["parity_db"]) == ("fsrcnn", record["choice"]["name"], record["parity_db"])
+        assert fast.model_file == eager.model_file == shipped_path("fsrcnn", 2)
         out, ref = fast.upscale(img), eager.upscale(img)
     assert "cache hit" in caplog.text and str(entry_dir) in caplog.text
     assert np.abs(out.astype(int) - ref).max() <= 1  # the fast form equals torch FP32 to a level

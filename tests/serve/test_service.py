@@ -92,7 +92,9 @@ def test_upscale_returns_what_the_upscaler_writes_and_the_probes_answer(server, 
     assert jpeg.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(jpeg.content)).size == (256, 192)
     assert httpx.get(server.url + "/healthz").status_code == 200
     models = httpx.get(server.url + "/v1/models", headers=AUTH).json()["models"]
-    assert models[0]["scale"] == 4
+    (model,) = models
+    assert (model["name"], model["scale"], model["form"]) == ("fsrcnn", 4, "torch-cpu-fp32")
+    assert model["model_file"].endswith("fsrcnn_x4.safetensors") and model["validation"]["set"] == "Set5"
     metrics = httpx.get(server.url + "/metrics", headers=AUTH).text
     assert 'sr_requests_total{status="200"}' in metrics and "sr_request_seconds_bucket" in metrics
     assert "sr_queue_depth" in metrics and "sr_batch_size_bucket" in metrics
