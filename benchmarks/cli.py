@@ -540,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["coverage"]:
         return coverage_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return run_command("sr-bench", lambda: _main(args, argv), debug=args.debug,
@@ -613,6 +615,54 @@ def _coverage(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"sr-bench coverage: {ok} of {len(rows)} families ok, in {settings['wall_s']:.0f} s")
     for r in rows:
         print(f"  {r.key:<18} {r.status}")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sr-bench serve",
+        description="Load-test sr-serve on loopback (closed loop, mixed image sizes, with and without batching) "
+        "beside the same images through Upscaler in-process and one sr-run process per image. "
+        "Writes OUT/serve.json, OUT/serve.md and OUT/serve.png.",
+    )
+    p.add_argument("--model", default="fsrcnn", help="model name or file (default fsrcnn)")
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--concurrency", type=lambda s: [int(v) for v in _csv(s)], default=[1, 4, 16],
+                   help="concurrent clients, e.g. 1,4,16 (default)")
+    p.add_argument("--requests", type=int, default=8, help="requests per client at each concurrency (default 8)")
+    p.add_argument("--sizes", type=lambda s: [_parse_hw(v) for v in _csv(s)], default=None,
+                   help="LR image sizes HxW of the mixed load (default 64x64,96x128,128x192)")
+    p.add_argument("--per-process", type=int, default=4, metavar="N",
+                   help="images for the one-sr-run-per-image row (default 4; 0 skips it)")
+    p.add_argument("--out", type=Path, default=Path("bench_out"), help="output folder (default: bench_out)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_argument(p)
+    return p
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``sr-bench serve``: parse, run :func:`benchmarks.bench_serve.run_serve_bench`, write, print the rows."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_serve_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return run_command("sr-bench serve", lambda: _serve(args), debug=args.debug,
+                       interrupted="interrupted; nothing written")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from benchmarks.bench_serve import DEFAULT_SIZES, run_serve_bench, write_serve
+
+    if args.requests < 1 or not args.concurrency or min(args.concurrency) < 1:
+        raise InputError("--requests and every --concurrency must be >= 1")
+    check_writable_dir(args.out)
+    results = run_serve_bench(args.model, args.scale, concurrency=tuple(args.concurrency), requests=args.requests,
+                              sizes=tuple(args.sizes or DEFAULT_SIZES), per_process_requests=args.per_process)
+    paths = write_serve(results, environment(), args.out)
+    for r in results["rows"]:
+        print(f"  {r['mode']:<24} c={r['concurrency']:<3} {r['images_per_s']:7.2f} images/s  p95 {r['p95_ms']} ms"
+              f"  errors {r['errors']}")
     for path in paths:
         print(f"  {path}")
     return 0
