@@ -39,7 +39,7 @@ from typing import Any
 from sr_runtime.atomic import atomic_write_text
 from sr_runtime.errors import InputError, SRError, VideoError
 from sr_runtime.video.join import join_segments
-from sr_runtime.video.pipeline import upscale_segment, upscale_video
+from sr_runtime.video.pipeline import log_expected_time, upscale_segment, upscale_video
 from sr_runtime.video.probe import PacketIndex, VideoInfo, probe_video, scan_video
 from sr_runtime.video.runners import LocalRunner
 from sr_runtime.video.writer import Encoding
@@ -445,6 +445,7 @@ def run_video(
             job = None
     else:
         info = probe_video(src)
+    log_expected_time(up, info)
     with Progress(src.name, info.frames, unit="frame", disable=quiet) as bar:
         if job is None:
             result = upscale_video(up, src, dst, info=info, encoding=encoding,

@@ -32,9 +32,50 @@ from sr_runtime.video.writer import Encoding, VideoWriter, default_pix_fmt
 if TYPE_CHECKING:
     from sr_runtime.upscaler import Upscaler
 
-__all__ = ["upscale_segment", "upscale_video"]
+__all__ = ["estimate_frame_seconds", "log_expected_time", "upscale_segment", "upscale_video"]
+
+SLOW_VIDEO_SECONDS = 600.0
+"""Inference alone expected to take longer than this (on a CPU) earns the faster-model hint."""
 
 log = logging.getLogger(__name__)
+
+
+def estimate_frame_seconds(up: Upscaler, height: int, width: int, *, side: int = 96) -> float:
+    """Seconds of inference for one HxW frame on ``up``'s backend: one timed call on a small frame
+    (after an untimed one), scaled by the pixel count. Convolutions cost in proportion to their pixels,
+    and a small call carries more fixed overhead per pixel, so the estimate errs long."""
+    h, w = min(height, side), min(width, side)
+    frame = np.zeros((h, w, 3), np.uint8)
+    up.upscale(frame)
+    started = time.perf_counter()
+    up.upscale(frame)
+    return (time.perf_counter() - started) * (height * width) / (h * w)
+
+
+def log_expected_time(up: Upscaler, info: VideoInfo) -> float | None:
+    """On a CPU, log the expected inference time of the whole video before it starts, and how to pick a
+    faster model when that is long. Returns the estimate in seconds (None on a GPU: not estimated)."""
+    if up.device.type != "cpu":
+        return None
+    per_frame = estimate_frame_seconds(up, info.height, info.width)
+    total = per_frame * max(info.frames, 1)
+    what = (f"video: {info.frames} frames of {info.width}x{info.height} -> about {_duration(total)} of "
+            f"inference on the CPU ({per_frame:.2f} s per frame, {up.backend.describe()}), encoding beside it")
+    if total > SLOW_VIDEO_SECONDS:
+        name = up.describe_model().get("name") or "this model"
+        log.warning("%s. For a faster model: --model fsrcnn (or espcn), a few times faster than %s at some "
+                    "quality; or run on a GPU", what, name)
+    else:
+        log.info("%s", what)
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def upscale_video(

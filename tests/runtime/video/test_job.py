@@ -281,3 +281,39 @@ def test_cuts_between_keyframes_decode_from_the_keyframe_before_and_drop_its_fra
     pts_2, rgb_2 = video_frames(segmented)
     assert pts_2 == pts_1 and len(rgb_2) == 38 and rgb_2 == rgb_1
     assert audio_packets(segmented) == audio_packets(src)
+
+
+# --- the expected time, said before the first frame ---------------------------------------------------
+
+
+@pytest.mark.parametrize("per_frame, slow", [(30.0, True), (0.001, False)], ids=["slow", "fast"])
+def test_the_log_gives_the_expected_time_before_the_first_frame_and_a_faster_model_when_slow(
+        tmp_path, up, clip, caplog, monkeypatch, per_frame, slow):
+    from sr_runtime.video import pipeline
+
+    order = []
+    monkeypatch.setattr(pipeline, "estimate_frame_seconds", lambda *a, **k: order.append("estimate") or per_frame)
+    real = pipeline.upscale_segment
+    monkeypatch.setattr("sr_runtime.video.job.upscale_segment", lambda *a, **k: order.append("frames") or real(*a, **k))
+    caplog.set_level(logging.INFO, logger="sr_runtime")
+    run_video(up, clip, tmp_path / "out.mp4", segment_seconds=0.5, quiet=True, preset="ultrafast")
+    assert order[0] == "estimate" and order.count("frames") == 4  # said before the first of 4 segments
+    line = next(r for r in caplog.records if "frames of" in r.getMessage())
+    assert "video: 48 frames of" in line.getMessage() and "s per frame" in line.getMessage()
+    assert ("--model fsrcnn" in line.getMessage()) == slow
+    assert (line.levelno == logging.WARNING) == slow
+
+
+def test_the_frame_estimate_scales_a_small_timed_call_by_the_pixels():
+    from sr_runtime.video.pipeline import estimate_frame_seconds
+
+    class Slow:
+        calls = []
+
+        def upscale(self, frame):
+            self.calls.append(frame.shape)
+            time.sleep(0.02)
+
+    slow = Slow()
+    assert estimate_frame_seconds(slow, 192, 384, side=96) >= 0.02 * 8  # 8x the pixels of the timed 96x96 call
+    assert slow.calls == [(96, 96, 3), (96, 96, 3)]
