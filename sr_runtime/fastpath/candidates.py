@@ -87,9 +87,13 @@ def _ort_cuda() -> bool:
     return _have("onnx") and "cuda" in available_providers()
 
 
+Found = tuple[list[Candidate], list[tuple[str, str]]]
+"""(candidates to try, fastest expected first; [(name, why skipped)])."""
+
+
 def candidates_for(
     device: torch.device, precision: str | None, *, compile: bool = False, backend: str = "auto"
-) -> tuple[list[Candidate], list[tuple[str, str]]]:
+) -> Found:
     """(candidates to try, [(name, why skipped)]) for ``device``, fastest expected first.
 
     ``precision``: None/"auto" lets reduced precision compete, "fp32" keeps FP32 only, "fp16" FP16
@@ -100,53 +104,72 @@ def candidates_for(
     """
     if backend not in ("auto", "tensorrt"):
         raise BackendUnavailableError(f"the fast path builds backend 'auto' or 'tensorrt', not {backend!r}")
-    skipped: list[tuple[str, str]] = []
-    found: list[Candidate] = []
     reduced_ok = precision in (None, "auto", "fp16")
     fp32_ok = precision != "fp16"
     if backend == "tensorrt":
-        if device.type != "cuda":
-            raise BackendUnavailableError(f"TensorRT runs on CUDA GPUs, not on {device}; use --device cuda")
-        ok, why = tensorrt_status()
-        if not ok:
-            raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {why}")
-        if not _have("onnx"):
-            raise BackendUnavailableError("--backend tensorrt needs onnx to export the graph TensorRT parses "
-                                          "(pip install 'sr-runtime[onnx]')")
-        if reduced_ok:
-            fp16_ok, fp16_why = _fp16_onnx_status()
-            if fp16_ok:
-                found.append(Candidate("tensorrt-fp16", "tensorrt", "fp16"))
-            elif not fp32_ok:
-                raise BackendUnavailableError(f"a TensorRT FP16 engine is built from the FP16 ONNX: {fp16_why}")
-            else:
-                skipped.append(("tensorrt-fp16", fp16_why))
-        if fp32_ok:
-            found.append(Candidate("tensorrt-fp32", "tensorrt", "fp32"))
-        return found, skipped
+        return _tensorrt_candidates(device, reduced_ok=reduced_ok, fp32_ok=fp32_ok)
     if precision == "fp16":
         raise BackendUnavailableError("precision fp16 is run as asked on torch, not by the fast path")
     if device.type == "cpu":
-        if compile:  # torch.compile asked for: torch is the form, compiled
-            skipped.append(("onnxruntime/openvino", "--compile asks for torch.compile: torch forms only"))
-            found.append(Candidate("torch-cpu-fp32-compiled", "torch", "fp32", channels_last=False, compile=True))
-            return found, skipped
-        if _have("onnxruntime") and _have("onnx"):
-            found.append(Candidate("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="cpu"))
+        return _cpu_candidates(reduced_ok=reduced_ok, compile=compile)
+    return _cuda_candidates(reduced_ok=reduced_ok, compile=compile)
+
+
+def _tensorrt_candidates(device: torch.device, *, reduced_ok: bool, fp32_ok: bool) -> Found:
+    """``backend="tensorrt"``: the engines only (FP16 first); BackendUnavailableError when none can be built."""
+    skipped: list[tuple[str, str]] = []
+    found: list[Candidate] = []
+    if device.type != "cuda":
+        raise BackendUnavailableError(f"TensorRT runs on CUDA GPUs, not on {device}; use --device cuda")
+    ok, why = tensorrt_status()
+    if not ok:
+        raise BackendUnavailableError(f"--backend tensorrt builds a TensorRT engine of the checkpoint: {why}")
+    if not _have("onnx"):
+        raise BackendUnavailableError("--backend tensorrt needs onnx to export the graph TensorRT parses "
+                                      "(pip install 'sr-runtime[onnx]')")
+    if reduced_ok:
+        fp16_ok, fp16_why = _fp16_onnx_status()
+        if fp16_ok:
+            found.append(Candidate("tensorrt-fp16", "tensorrt", "fp16"))
+        elif not fp32_ok:
+            raise BackendUnavailableError(f"a TensorRT FP16 engine is built from the FP16 ONNX: {fp16_why}")
         else:
-            skipped.append(("onnxruntime-cpu-fp32", "onnx/onnxruntime not installed (pip install 'sr-runtime[onnx]')"))
-        if _have("openvino") and _have("onnx") and _have("sr_runtime.backends.openvino"):
-            found.append(Candidate("openvino-cpu-fp32", "openvino", "fp32"))
-            if reduced_ok:
-                ok, why = _openvino_bf16()
-                if ok:
-                    found.append(Candidate("openvino-cpu-bf16", "openvino", "bf16"))
-                else:
-                    skipped.append(("openvino-cpu-bf16", f"no BF16 on this CPU ({why})"))
-        else:
-            skipped.append(("openvino-cpu", "openvino not installed (pip install 'sr-runtime[openvino]')"))
-        found.append(Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False))
+            skipped.append(("tensorrt-fp16", fp16_why))
+    if fp32_ok:
+        found.append(Candidate("tensorrt-fp32", "tensorrt", "fp32"))
+    return found, skipped
+
+
+def _cpu_candidates(*, reduced_ok: bool, compile: bool) -> Found:
+    """ONNX Runtime FP32, OpenVINO FP32 and BF16 (on CPUs with BF16 units), torch FP32 last."""
+    skipped: list[tuple[str, str]] = []
+    found: list[Candidate] = []
+    if compile:  # torch.compile asked for: torch is the form, compiled
+        skipped.append(("onnxruntime/openvino", "--compile asks for torch.compile: torch forms only"))
+        found.append(Candidate("torch-cpu-fp32-compiled", "torch", "fp32", channels_last=False, compile=True))
         return found, skipped
+    if _have("onnxruntime") and _have("onnx"):
+        found.append(Candidate("onnxruntime-cpu-fp32", "onnxruntime", "fp32", provider="cpu"))
+    else:
+        skipped.append(("onnxruntime-cpu-fp32", "onnx/onnxruntime not installed (pip install 'sr-runtime[onnx]')"))
+    if _have("openvino") and _have("onnx") and _have("sr_runtime.backends.openvino"):
+        found.append(Candidate("openvino-cpu-fp32", "openvino", "fp32"))
+        if reduced_ok:
+            ok, why = _openvino_bf16()
+            if ok:
+                found.append(Candidate("openvino-cpu-bf16", "openvino", "bf16"))
+            else:
+                skipped.append(("openvino-cpu-bf16", f"no BF16 on this CPU ({why})"))
+    else:
+        skipped.append(("openvino-cpu", "openvino not installed (pip install 'sr-runtime[openvino]')"))
+    found.append(Candidate("torch-cpu-fp32", "torch", "fp32", channels_last=False))
+    return found, skipped
+
+
+def _cuda_candidates(*, reduced_ok: bool, compile: bool) -> Found:
+    """TensorRT, ONNX Runtime CUDA FP16, torch FP16 channels-last, then the FP32 forms."""
+    skipped: list[tuple[str, str]] = []
+    found: list[Candidate] = []
     if compile:  # torch.compile asked for: the torch forms, compiled; nothing else competes
         why = "--compile asks for torch.compile: torch forms only"
         skipped += [("tensorrt", why), ("onnxruntime-cuda", why)]
