@@ -15,7 +15,7 @@ Steps, in order (``--steps`` picks a subset; the summary is always rewritten at 
    budget: a short calibration run measures steps/s, then the real run gets ``steps`` = rate x budget
    (so the cosine schedule ends with the budget) and ``time_budget`` to replan and stop on time;
 3. ``eval``: ``sr-eval`` (``python -m sr_runtime.eval_cli``) Set5/Set14/BSD100 x4 of that checkpoint;
-4. ``bench``: ``sr-bench`` (torch FP32, torch FP16 channels-last, ONNX Runtime FP16 where the CUDA
+4. ``bench``: for the shipped EDSR x4 (FSRCNN x4 before EDSR ships), ``sr-bench`` (torch FP32, torch FP16 channels-last, ONNX Runtime FP16 where the CUDA
    provider exists; parity; video pipeline/inference/encode fps), ``scripts/gpu_bench_extra.py``
    (torch.compile FP16 and the runtime's default path) and ``sr-run`` on the sample video at x4;
 5. ``summary``: ``summary.md`` from ``steps.json`` (written even when steps failed).
@@ -432,6 +432,12 @@ def step_train(step, args, ctx) -> None:
     shutil.rmtree(runs, ignore_errors=True)  # last.pt etc.: the checkpoint and the log are copied above
 
 
+def bench_model() -> str:
+    """The shipped model the GPU rows are for: EDSR x4 once it ships, FSRCNN x4 before (the training
+    step's own checkpoint is scored by ``eval``; the rows describe what users run)."""
+    return "edsr" if (REPO / "sr_runtime" / "weights" / "edsr_x4.safetensors").is_file() else "fsrcnn"
+
+
 def checkpoint(args) -> Path | None:
     path = args.checkpoint or args.out / "train" / "best.safetensors"
     return path if path.is_file() else None
@@ -499,9 +505,9 @@ def step_bench(step, args, ctx) -> None:
     b, run, info = ctx["budgets"], ctx["runner"], ctx["info"]
     d = args.out / "bench"
     d.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint(args)
-    model_args = ["--models", str(ckpt)] if ckpt else ["--models", "edsr", "--random-weights"]
-    step["weights"] = str(ckpt) if ckpt else "random (no checkpoint): latency and parity only"
+    name = bench_model()
+    model_args = ["--models", name, "--runs-dir", str(args.out / "no-runs")]
+    step["weights"] = f"{name} x4, shipped weights"
     have_av = info.get("packages", {}).get("av", False)
     skipped = step.setdefault("skipped", [])
     dev = ctx["device"]
@@ -542,7 +548,7 @@ def step_bench(step, args, ctx) -> None:
     # (b) torch.compile FP16 and the runtime's default path
     extra_json = d / "extra.json"
     extra_json.unlink(missing_ok=True)
-    cmd = [args.python, str(REPO / "scripts" / "gpu_bench_extra.py"), "--model", str(ckpt) if ckpt else "edsr",
+    cmd = [args.python, str(REPO / "scripts" / "gpu_bench_extra.py"), "--model", name,
            "--scale", "4", "--sizes", b["bench_sizes"], "--batch", b["extra_batch"], "--device", dev,
            "--runs", str(b["bench_runs"]), "--warmup", str(b["bench_warmup"]), "--out", str(extra_json)]
     if args.dry_run:
@@ -567,12 +573,12 @@ def step_bench(step, args, ctx) -> None:
         skipped.append({"row": "sr-run video", "reason": f"{clip} not found"})
     else:
         dst = d / "srrun_x4.mp4"
-        cmd = [args.python, "-m", "sr_runtime.cli", str(clip), "--scale", "4", "--model",
-               str(ckpt) if ckpt else "fsrcnn", "--device", dev, "-o", str(dst), "--quiet"]
+        cmd = [args.python, "-m", "sr_runtime.cli", str(clip), "--scale", "4", "--model", name,
+               "--device", dev, "-o", str(dst), "--quiet"]
         entry = run.run(step, "sr-run video", cmd, b["srrun_timeout"])
         step["srrun"] = "ok" if ok(entry) and dst.is_file() else "failed"
         if dst.is_file():
-            step["srrun_video"] = {"model": "checkpoint" if ckpt else "fsrcnn (shipped; no checkpoint)",
+            step["srrun_video"] = {"model": f"{name} x4 (shipped)",
                                    "wall_s": entry["seconds"], "output_mib": round(dst.stat().st_size / 2**20, 2)}
             dst.unlink()  # 1440p output: too large to send back, and not needed
     parts = [step["srbench"], step["extra"], step["srrun"]]
