@@ -43,3 +43,12 @@ def test_shipped_model_is_trained_and_self_describing(key, path, astronaut_hr):
     model = DeployModel(ckpt.model.eval(), ckpt.spec).eval()
     gain = score_image(astronaut_hr, scale, model=model)[0] - score_image(astronaut_hr, scale)[0]
     assert gain >= MIN_GAIN_DB, f"{path.name}: only {gain:.2f} dB over bicubic"
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_default_for_each_scale_is_the_best_shipped_model_by_its_recorded_score(scale, tmp_path):
+    from sr_runtime.checkpoint import read_metadata
+    from sr_runtime.zoo import default_model
+
+    scores = {name: read_metadata(path)["metrics"]["val_psnr"] for (name, s), path in SHIPPED if s == scale}
+    assert default_model(scale, runs_dir=tmp_path / "no-runs") == max(scores, key=scores.get)
