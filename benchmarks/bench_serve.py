@@ -3,7 +3,7 @@
 Four ways to upscale the same mixed-size images, one row each per concurrency level:
 
 - ``sr-serve, batching``: ``sr-serve`` started as its own process (the README's command, on a free
-  port, default limits), driven by a closed loop of ``C`` clients: each sends its next request as
+  port, default limits, a 5 ms batching window and batches of up to 4 tiles), driven by a closed loop of ``C`` clients: each sends its next request as
   soon as the last answer came back (keep-alive connections), ``requests`` each.
 - ``sr-serve, no batching``: the same with ``--max-batch 1 --batch-window-ms 0`` (each request's tiles
   run on their own).
@@ -233,7 +233,7 @@ def run_serve_bench(model: str, scale: int, *, concurrency=(1, 4, 16), requests:
     workers = max(concurrency)
     # The queue holds what the workers do not: a closed loop at the highest concurrency is never refused.
     limits = ["--workers", "4", "--queue", str(workers)]
-    for mode, extra in (("sr-serve, batching", []),
+    for mode, extra in (("sr-serve, batching", ["--batch-window-ms", "5", "--max-batch", "4"]),
                         ("sr-serve, no batching", ["--max-batch", "1", "--batch-window-ms", "0"])):
         log.info("%s: starting sr-serve", mode)
         server = _Server(model, scale, limits + extra)

@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=120.0, help="per-request limit in seconds; then 504")
     q.add_argument("--max-body-mb", type=float, default=50.0, help="largest body; then 413 (default 50)")
     q.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image; then 413 (default 40)")
-    q.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="how long a tile waits for equal-shape tiles of other requests (default 5; 0: no wait)")
+    q.add_argument("--batch-window-ms", type=float, default=None,
+                   help="how long a tile waits for equal-shape tiles of other requests (default: 5 on a GPU, "
+                        "0 on a CPU, where waiting only adds latency: BENCHMARKS.md, Serving)")
     q.add_argument("--max-batch", type=int, default=4, help="most tiles per backend call (default 4)")
     r = p.add_argument_group("Ray Serve")
     r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -70,7 +71,7 @@ def _main(args: argparse.Namespace) -> int:
     config = ServeConfig(
         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
         workers=args.workers, queue_size=args.queue, timeout_s=args.timeout,
-        batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+        batch_window_ms=batch_window_ms(args.batch_window_ms, args.device), max_batch=args.max_batch,
     )
     _check_model(args.model, args.scale, args.runs_dir)
     kwargs = {"model": args.model, "scale": args.scale, "backend": args.backend, "device": args.device,
@@ -85,6 +86,18 @@ def _main(args: argparse.Namespace) -> int:
     service = UpscaleService(lambda: Upscaler(**kwargs), config)
     serve(service, host=args.host, port=args.port, token=args.token)
     return 0
+
+
+def batch_window_ms(given: float | None, device: str | None) -> float:
+    """The batching window: as given, else 5 ms where the model runs on a GPU (a batch of tiles costs
+    about what one does there) and 0 on a CPU (a batch saves nothing, the wait adds latency)."""
+    if given is not None:
+        return given
+    if device is not None:
+        return 5.0 if device.startswith("cuda") else 0.0
+    import torch
+
+    return 5.0 if torch.cuda.is_available() else 0.0
 
 
 def _check_model(model: str | None, scale: int | None, runs_dir: str) -> None:

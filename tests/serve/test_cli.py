@@ -98,3 +98,17 @@ def test_a_model_that_cannot_be_found_is_one_line_and_exit_2(tmp_path):
 
 def _has_curl() -> bool:
     return any(os.access(os.path.join(d, "curl"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def test_the_batching_window_defaults_to_waiting_only_on_a_gpu(monkeypatch):
+    import torch
+
+    from sr_runtime.serve_cli import batch_window_ms, build_parser
+
+    assert build_parser().parse_args([]).batch_window_ms is None  # resolved at start, from where the model runs
+    assert batch_window_ms(None, "cpu") == 0.0 and batch_window_ms(None, "cuda:1") == 5.0
+    assert batch_window_ms(2.5, "cpu") == 2.5  # an explicit window is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert batch_window_ms(None, None) == 0.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert batch_window_ms(None, None) == 5.0
