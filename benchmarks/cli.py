@@ -589,13 +589,17 @@ def build_coverage_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subcommand(name: str, parser: argparse.ArgumentParser, body, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` with ``parser``, set up logging, run ``body(args, argv)`` the way every command fails."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    return run_command(name, lambda: body(args, argv), debug=args.debug, interrupted="interrupted; nothing written")
+
+
 def coverage_main(argv: Sequence[str] | None = None) -> int:
     """``sr-bench coverage``: parse, run :func:`benchmarks.coverage.run_coverage`, write, print the statuses."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_coverage_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    return run_command("sr-bench coverage", lambda: _coverage(args, argv), debug=args.debug,
-                       interrupted="interrupted; nothing written")
+    return _subcommand("sr-bench coverage", build_coverage_parser(), _coverage, argv)
 
 
 def _coverage(args: argparse.Namespace, argv: list[str]) -> int:
@@ -644,14 +648,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """``sr-bench serve``: parse, run :func:`benchmarks.bench_serve.run_serve_bench`, write, print the rows."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_serve_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    return run_command("sr-bench serve", lambda: _serve(args), debug=args.debug,
-                       interrupted="interrupted; nothing written")
+    return _subcommand("sr-bench serve", build_serve_parser(), _serve, argv)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from benchmarks.bench_serve import DEFAULT_SIZES, run_serve_bench, write_serve
 
     if args.requests < 1 or not args.concurrency or min(args.concurrency) < 1:

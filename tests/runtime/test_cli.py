@@ -134,3 +134,15 @@ def test_demo_with_a_model_writes_the_comparison(tmp_path, ckpt, capsys):
     result = read_image(tmp_path / "demo" / "astronaut_x2.png").pixels
     assert side.shape == (192, 3 * 192 + 8, 3) and result.shape == (192, 192, 3)
     assert np.array_equal(side[:, 196:388], result)
+
+
+def test_worker_processes_load_the_file_this_process_resolved_the_model_to(tmp_path):
+    """A name resolved again in each worker could meet a newer training run: one video, two models."""
+    from types import SimpleNamespace
+
+    from sr_runtime.cli import _make_runner, build_parser
+
+    args = build_parser().parse_args(["in.mp4", "--model", "fsrcnn", "--scale", "4", "--workers", "2"])
+    resolved = tmp_path / "runs" / "fsrcnn_x4" / "best.safetensors"
+    runner = _make_runner(args, SimpleNamespace(scale=4, model_file=resolved))
+    assert runner.kwargs["model"] == str(resolved) and runner.kwargs["scale"] == 4
