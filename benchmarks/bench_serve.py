@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import percentiles
+
 __all__ = ["ServeRow", "make_images", "run_serve_bench", "write_serve", "DEFAULT_SIZES"]
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,11 @@ def make_images(sizes=DEFAULT_SIZES, per_size: int = 2) -> list[bytes]:
 
 
 def _percentiles(latencies: list[float]) -> tuple[float | None, float | None, float | None]:
+    """p50/p95/p99 in ms (:func:`benchmarks.common.percentiles`) of latencies in seconds; None without any."""
     if not latencies:
         return None, None, None
-    p = np.percentile(np.asarray(latencies) * 1000.0, [50, 95, 99])
-    return tuple(round(float(v), 1) for v in p)  # type: ignore[return-value]
+    p = percentiles([1000.0 * t for t in latencies])
+    return round(p["p50"], 1), round(p["p95"], 1), round(p["p99"], 1)
 
 
 def _free_port() -> int:
