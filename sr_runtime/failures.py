@@ -11,7 +11,8 @@ Exit codes of ``sr-run``, ``sr-export``, ``sr-train``, ``sr-eval``, ``sr-bench``
 * 1, fault: anything else (a bug, or a library failing in a way nobody foresaw). The line names the
   exception and says to rerun with ``--debug`` for the traceback. ``sr-run`` also exits 1 when
   some of its inputs failed and the others were done.
-* 130: interrupted (Ctrl-C); each command says what was kept.
+* 130: interrupted (Ctrl-C); 143: stopped by ``kill`` (SIGTERM, also what ``docker stop``, systemd
+  and ``timeout`` send), handled exactly like Ctrl-C. Each command says what was kept.
 
 ``--debug`` prints the traceback above the same line and keeps the same exit code. Outputs are
 written atomically and output folders are checked with :func:`check_writable_dir` before the slow
@@ -24,8 +25,10 @@ import argparse
 import errno
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +40,9 @@ __all__ = [
     "EXIT_FAULT",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "PLAIN_ERRNO",
+    "Terminated",
     "add_debug_argument",
     "check_writable_dir",
     "describe_os_error",
@@ -48,6 +53,15 @@ EXIT_OK = 0
 EXIT_FAULT = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 PLAIN_ERRNO: dict[int, tuple[str, str]] = {
     errno.EROFS: ("read-only file system", "write somewhere else, or remount it read-write"),
@@ -130,13 +144,28 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
 def run_command(prog: str, body: Callable[[], int], *, debug: bool, interrupted: str) -> int:
     """``body()``'s exit code, or the exit code of what it raised, reported as one line on stderr.
 
-    ``interrupted`` is the line (after ``prog:``) for Ctrl-C: what was kept and how to resume.
+    ``interrupted`` is the line (after ``prog:``) for Ctrl-C and SIGTERM: what was kept and how to
+    resume. SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread while ``body``
+    runs, so a ``kill`` cleans up exactly as Ctrl-C does instead of ending the process mid-write; code
+    that handles SIGTERM itself (``sr-serve``'s uvicorn, training's stop at a step boundary) installs
+    its own handler over this one. An ignored SIGTERM stays ignored; the previous handler comes back after.
     """
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(prog, body, debug=debug, interrupted=interrupted)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(prog: str, body: Callable[[], int], *, debug: bool, interrupted: str) -> int:
     try:
         return body()
     except KeyboardInterrupt as e:
         _say(prog, str(e) or interrupted)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if _terminated(e) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 -- the one place that turns any failure into an exit code
         failure = e
     if isinstance(failure, SRError):
@@ -151,6 +180,17 @@ def run_command(prog: str, body: Callable[[], int], *, debug: bool, interrupted:
         traceback.print_exception(type(failure), failure, failure.__traceback__, file=sys.stderr)
     _say(prog, message)
     return code
+
+
+def _terminated(e: BaseException | None) -> bool:
+    """Whether SIGTERM is behind ``e`` (a command may re-raise it as its own KeyboardInterrupt)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Terminated):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _say(prog: str, message: str) -> None:

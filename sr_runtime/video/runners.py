@@ -123,6 +123,14 @@ def _call_in_process(fn: Callable, item) -> tuple[bool, Any]:
     return _call(_UP, fn, item)
 
 
+def _terminate_workers(pool) -> None:
+    """End a ProcessPoolExecutor's worker processes now (``Executor.shutdown`` waits for running items:
+    minutes of video after a Ctrl-C). Their segments are not recorded as done, so a resume redoes them."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public API before 3.14
+        if process.is_alive():
+            process.terminate()
+
+
 class ProcessRunner:
     """``workers`` processes on this machine, each with an Upscaler made from ``kwargs``."""
 
@@ -165,6 +173,9 @@ class ProcessRunner:
                         lost.append(item)
                         continue
                     yield item, ok, value
+            except BaseException:  # Ctrl-C, kill, a failure here: stop the workers, do not wait out their items
+                _terminate_workers(pool)
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
             pending = lost

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,40 @@ def test_success_and_argparse_exits_pass_through(capsys):
     with pytest.raises(SystemExit):
         run_command("prog", _raise(SystemExit(2)), debug=False, interrupted="")
     assert capsys.readouterr().err == ""
+
+
+def _unhandled(signum, frame):
+    raise AssertionError("SIGTERM reached the handler installed before run_command")
+
+
+@pytest.fixture
+def default_sigterm():
+    """A handler that fails the test (not SIG_DFL, which would end pytest) if run_command installs none."""
+    previous = signal.signal(signal.SIGTERM, _unhandled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("rewrapped", [False, True])
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(default_sigterm, capsys, rewrapped):
+    """``kill`` raises in the command (its cleanup runs) instead of ending the process mid-write; a command
+    that turns the interrupt into its own KeyboardInterrupt with what it kept still exits 143."""
+    cleaned = []
+
+    def body():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt as e:
+            if rewrapped:
+                raise KeyboardInterrupt("interrupted; 3 segments kept") from e
+            raise
+        finally:
+            cleaned.append(True)
+        return 0
+
+    assert run_command("prog", body, debug=False, interrupted="interrupted; kept X") == 143
+    assert cleaned == [True]
+    line = "prog: interrupted; 3 segments kept\n" if rewrapped else "prog: interrupted; kept X\n"
+    assert capsys.readouterr().err == line
+    assert signal.getsignal(signal.SIGTERM) is _unhandled
