@@ -127,7 +127,10 @@ class TrainConfig:
     val_every: int = 1000
     log_every: int = 50
     ckpt_every: int = 1000
-    """Write the resumable ``last`` state every N steps (and at the end)."""
+    """Write the resumable ``last`` state every N steps (and at the end, and where Ctrl-C or SIGTERM stops it)."""
+    ckpt_minutes: float = 10.0
+    """Also write it when this many minutes of training passed since the last write (0: steps only), so a
+    crash or ``kill -9`` loses at most that much of a slow run (an EDSR step on a CPU is about a second)."""
     ema: float = 0.0
     """EMA decay for evaluation weights (0: off; e.g. 0.999)."""
     amp: str = "auto"
@@ -156,6 +159,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.amp not in ("auto", "none", "bf16", "fp16"):
             raise ConfigError(f"amp must be auto, none, bf16 or fp16, got {self.amp!r}")
+        if self.ckpt_minutes < 0:
+            raise ConfigError(f"ckpt_minutes must be >= 0 (0: every ckpt_every steps only), got {self.ckpt_minutes}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: every core, tuned), got {self.threads}")
         if self.time_budget is not None:

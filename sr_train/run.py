@@ -15,7 +15,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from sr_runtime.errors import (
     UnsupportedScaleError,
 )
 from sr_runtime.evaluate import min_hr_size, score_image
-from sr_runtime.failures import describe_os_error
+from sr_runtime.failures import Terminated, describe_os_error
 from sr_runtime.resize import modcrop
 from sr_runtime.spec import IOSpec
 from sr_train.config import TrainConfig, config_from_dict, config_to_dict
@@ -54,7 +56,7 @@ from sr_train.data import (
 
 __all__ = [
     "Dist", "setup_dist", "resolve_device", "resolve_amp", "build_model", "load_data", "validate", "RunFiles", "EMA",
-    "Schedule", "validation_set_record",
+    "Schedule", "StopSignals", "validation_set_record",
 ]
 
 log = logging.getLogger("sr_train")
@@ -95,6 +97,44 @@ class Dist:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) or ``kill`` (SIGTERM) during training: finish the step, save the state, stop.
+
+    Stopping inside a step would leave the model, optimizer and EMA half-updated, so the loop reads
+    :attr:`requested` at each step boundary and saves there: nothing since the last checkpoint is
+    lost and ``--resume`` continues exactly. A second signal stops at once (the state saved last
+    stays valid). A signal ignored when the run started stays ignored (``nohup ... &`` ignores
+    SIGINT); outside the main thread nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is not None:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.requested = signum
+        log.warning("%s: saving the state after this step, then stopping (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def interrupt(self, message: str) -> KeyboardInterrupt:
+        """The exception that ends the run: :class:`Terminated` for SIGTERM (exit 143), else Ctrl-C's (130)."""
+        return Terminated(message) if self.requested == signal.SIGTERM else KeyboardInterrupt(message)
 
 
 def resolve_device(name: str) -> torch.device:

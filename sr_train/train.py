@@ -17,25 +17,26 @@ from torch.nn.parallel import DistributedDataParallel
 from sr_train.config import TrainConfig, config_to_dict
 from sr_train.data import PairedPatches
 from sr_train.losses import pixel_loss
-from sr_train.threads import ThreadTuner
 from sr_train.run import (
     EMA,
     RunFiles,
     Schedule,
+    StopSignals,
     build_model,
     check_val_images,
     load_data,
     make_optimizer,
     progress_bar,
     resolve_amp,
-    validation_set_record,
     resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
     setup_dist,
     validate,
+    validation_set_record,
 )
+from sr_train.threads import ThreadTuner
 
 __all__ = ["train"]
 
@@ -178,7 +179,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     net = DistributedDataParallel(model) if dist.enabled else model
     eval_model = ema.model if ema is not None else model
 
+    saved_at = elapsed
+
     def save_state() -> None:
+        nonlocal saved_at
+        saved_at = elapsed
         run.save_state({
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
@@ -202,84 +207,93 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     if progress and dist.main:
         bar = progress_bar(sched.planned, step, f"{cfg.model.name} x{spec.scale}")
     val_psnr = math.nan
-    while step < sched.planned:
-        if tuner is not None:
-            tuner.before_step()
-        t_step = _clock()
-        lr_in, hr = data.sample(step)
-        lr_in = lr_in.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        hr = hr.to(device, non_blocking=True)
-        with _autocast(amp, device):
-            sr = net(lr_in)
-            loss = pixel_loss(cfg.loss.kind, sr.float(), hr, eps=cfg.loss.eps)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if o.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        loss_value = loss.item()
-        elapsed = _clock() - started
-        if tuner is not None:
-            tuner.after_step(_clock() - t_step)
+    with StopSignals() as signals:
+        while step < sched.planned:
+            if tuner is not None:
+                tuner.before_step()
+            t_step = _clock()
+            lr_in, hr = data.sample(step)
+            lr_in = lr_in.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            hr = hr.to(device, non_blocking=True)
+            with _autocast(amp, device):
+                sr = net(lr_in)
+                loss = pixel_loss(cfg.loss.kind, sr.float(), hr, eps=cfg.loss.eps)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if o.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            loss_value = loss.item()
+            elapsed = _clock() - started
+            if tuner is not None:
+                tuner.after_step(_clock() - t_step)
 
-        if budget is not None and not (tuner is not None and tuner.probing):
-            rate = budget.rate(step, elapsed)
-            if rate is not None:
-                first = not budget.planned
-                planned = budget.plan(step, elapsed, rate)
-                if dist.enabled:  # every rank runs the same number of steps: the slowest rank's plan
-                    planned = int(dist.reduce_min(planned))
-                sched.replan(planned)
-                (log.info if first else log.debug)(
-                    "time budget %s: %.2f steps/s, validation %.1f s -> %d steps (recipe: %d)",
-                    cfg.time_budget, rate, budget.val_seconds, sched.planned, cfg.steps)
-                if bar is not None:
-                    bar.total = sched.planned
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}; lower optim.lr or set optim.grad_clip")
-        if step % cfg.log_every == 0:
-            run.log_row(step=step, loss=f"{loss_value:.8g}", lr=f"{opt.param_groups[0]['lr']:.6g}",
-                        seconds=f"{elapsed:.1f}")
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}", psnr=f"{val_psnr:.2f}", refresh=False)
+            if budget is not None and not (tuner is not None and tuner.probing):
+                rate = budget.rate(step, elapsed)
+                if rate is not None:
+                    first = not budget.planned
+                    planned = budget.plan(step, elapsed, rate)
+                    if dist.enabled:  # every rank runs the same number of steps: the slowest rank's plan
+                        planned = int(dist.reduce_min(planned))
+                    sched.replan(planned)
+                    (log.info if first else log.debug)(
+                        "time budget %s: %.2f steps/s, validation %.1f s -> %d steps (recipe: %d)",
+                        cfg.time_budget, rate, budget.val_seconds, sched.planned, cfg.steps)
+                    if bar is not None:
+                        bar.total = sched.planned
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}; lower optim.lr or set optim.grad_clip")
+            if step % cfg.log_every == 0:
+                run.log_row(step=step, loss=f"{loss_value:.8g}", lr=f"{opt.param_groups[0]['lr']:.6g}",
+                            seconds=f"{elapsed:.1f}")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4g}", psnr=f"{val_psnr:.2f}", refresh=False)
 
-        out_of_time = False
-        if budget is not None and (not dist.enabled or step % min(cfg.log_every, 10) == 0):  # ranks ask together
-            out_of_time = dist.agree(budget.spent(elapsed))
-        last = step >= sched.planned or out_of_time
-        if step % cfg.val_every == 0 or last:
-            stop = False
-            if dist.main:
-                t0 = _clock()
-                val_psnr, val_ssim = validate(eval_model, spec, val_images, device)
-                if budget is not None:
-                    budget.val_seconds = max(budget.val_seconds, _clock() - t0)
-                run.log_row(step=step, val_psnr=f"{val_psnr:.4f}", val_ssim=f"{val_ssim:.5f}", seconds=f"{elapsed:.1f}")
-                if val_psnr > best_psnr:
-                    best_psnr, stale = val_psnr, 0
-                    metrics = {"step": step, "val_psnr": val_psnr, "val_ssim": val_ssim, **val_set,
-                               "train_seconds": round(elapsed, 1)}
-                    run.save_weights("best", eval_model, cfg, hparams, metrics)
-                else:
-                    stale += 1
-                log.info("step %d: val PSNR %.3f dB, SSIM %.4f (best %.3f)", step, val_psnr, val_ssim, best_psnr)
-                stop = cfg.patience > 0 and stale >= cfg.patience
-            if dist.agree(stop):
-                log.info("early stop: no better validation PSNR in %d validations", cfg.patience)
-                last = True
-        if step % cfg.ckpt_every == 0 or last:
-            save_state()
-        if out_of_time:
-            log.info("time budget %s spent at step %d of %d planned", cfg.time_budget, step, sched.planned)
-        if last:
-            break
+            out_of_time = False
+            if budget is not None and (not dist.enabled or step % min(cfg.log_every, 10) == 0):  # ranks ask together
+                out_of_time = dist.agree(budget.spent(elapsed))
+            last = step >= sched.planned or out_of_time
+            if step % cfg.val_every == 0 or last:
+                stop = False
+                if dist.main:
+                    t0 = _clock()
+                    val_psnr, val_ssim = validate(eval_model, spec, val_images, device)
+                    if budget is not None:
+                        budget.val_seconds = max(budget.val_seconds, _clock() - t0)
+                    run.log_row(step=step, val_psnr=f"{val_psnr:.4f}", val_ssim=f"{val_ssim:.5f}", seconds=f"{elapsed:.1f}")
+                    if val_psnr > best_psnr:
+                        best_psnr, stale = val_psnr, 0
+                        metrics = {"step": step, "val_psnr": val_psnr, "val_ssim": val_ssim, **val_set,
+                                   "train_seconds": round(elapsed, 1)}
+                        run.save_weights("best", eval_model, cfg, hparams, metrics)
+                    else:
+                        stale += 1
+                    log.info("step %d: val PSNR %.3f dB, SSIM %.4f (best %.3f)", step, val_psnr, val_ssim, best_psnr)
+                    stop = cfg.patience > 0 and stale >= cfg.patience
+                if dist.agree(stop):
+                    log.info("early stop: no better validation PSNR in %d validations", cfg.patience)
+                    last = True
+            if step % cfg.ckpt_every == 0 or last or 0 < cfg.ckpt_minutes * 60 <= elapsed - saved_at:
+                save_state()
+            stopping = signals.requested is not None
+            if dist.enabled:  # ranks stop together, at a step they all reach
+                stopping = step % min(cfg.log_every, 10) == 0 and dist.agree(stopping)
+            if stopping and not last:
+                if saved_at != elapsed:
+                    save_state()
+                raise signals.interrupt(f"stopped at step {step} of {sched.planned}; its state is saved: continue with "
+                                     f"`sr-train --resume {run.path}` (best so far: {run.path / 'best.safetensors'})")
+            if out_of_time:
+                log.info("time budget %s spent at step %d of %d planned", cfg.time_budget, step, sched.planned)
+            if last:
+                break
     if bar is not None:
         bar.close()
     if dist.enabled:

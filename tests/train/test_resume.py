@@ -86,3 +86,39 @@ def test_resume_with_a_different_scale_or_model_is_refused(tmp_path, hr_dirs, ba
                          env=ENV, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "does not match" in res.stderr
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell that started the tests in the background ignores it
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_kill_saves_the_step_it_stopped_at_and_the_resumed_run_is_exact(tmp_path, hr_dirs, sig, code):
+    """Ctrl-C or ``kill`` mid-run: the step it stopped at is saved (not the last periodic checkpoint:
+    there is none here), the exit code and line say so, and resuming ends where an uninterrupted run ends."""
+    out = tmp_path / "runs"
+    cmd = [*_cmd(hr_dirs, out, "stopped"), "ckpt_every=100000", "ckpt_minutes=0"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    log = out / "stopped" / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) > 40):
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    stopped = int(re.search(r"sr-train: stopped at step (\d+) of 300; its state is saved", err).group(1))
+    assert 40 <= stopped < 300, err[-2000:]
+    assert torch.load(out / "stopped" / "last.pt", map_location="cpu", weights_only=False)["step"] == stopped
+    assert max(s for s, _ in _losses(out / "stopped")) == stopped  # no logged step was lost
+    assert f"--resume {out / 'stopped'}" in err
+
+    resumed = subprocess.run([sys.executable, "-m", "sr_train.cli", "--resume", str(out / "stopped"), "--quiet"],
+                             env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(rf"resumed \S+ at step {stopped} ", resumed.stderr), resumed.stderr[-2000:]
+    full = subprocess.run(_cmd(hr_dirs, out, "full"), env=ENV, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    assert _losses(out / "stopped") == _losses(out / "full")
+    wa, wb = load_file(out / "stopped" / "last.safetensors"), load_file(out / "full" / "last.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)

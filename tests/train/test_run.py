@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -10,9 +13,10 @@ import torch
 
 import sr_train.run as run_mod
 from sr_runtime.archs import build
+from sr_runtime.failures import Terminated
 from sr_runtime.resize import upscale_bicubic
 from sr_train.data import HRImage
-from sr_train.run import Dist, RunFiles, rng_state, set_rng_state, validate
+from sr_train.run import Dist, RunFiles, StopSignals, rng_state, set_rng_state, validate
 
 
 def _draws() -> tuple:
@@ -89,3 +93,28 @@ def test_validation_runs_without_tf32():
     validate(Probe(), Probe.io_spec, [image], torch.device("cpu"))
     assert seen == [(False, False)]
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_a_second_signal_stops_training_at_once():
+    """The first Ctrl-C/SIGTERM is deferred to the step boundary; a second one raises where it lands,
+    SIGTERM as Terminated (exit 143), and the previous handlers come back afterwards."""
+    def unhandled(signum, frame):  # not SIG_DFL, which would end pytest if StopSignals installed nothing
+        raise AssertionError("SIGTERM reached the handler installed before StopSignals")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        _second_signal()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _second_signal():
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert signals.requested == signal.SIGTERM
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert isinstance(signals.interrupt("x"), Terminated)
+    assert signal.getsignal(signal.SIGTERM).__name__ == "unhandled"
