@@ -288,8 +288,10 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             if stopping and not last:
                 if saved_at != elapsed:
                     save_state()
+                best = run.path / "best.safetensors"
+                kept = f" (best so far: {best}, {best_psnr:.3f} dB)" if best.is_file() else " (not validated yet)"
                 raise signals.interrupt(f"stopped at step {step} of {sched.planned}; its state is saved: continue with "
-                                     f"`sr-train --resume {run.path}` (best so far: {run.path / 'best.safetensors'})")
+                                        f"`sr-train --resume {run.path}`{kept}")
             if out_of_time:
                 log.info("time budget %s spent at step %d of %d planned", cfg.time_budget, step, sched.planned)
             if last:
