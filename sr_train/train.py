@@ -179,11 +179,11 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     net = DistributedDataParallel(model) if dist.enabled else model
     eval_model = ema.model if ema is not None else model
 
-    saved_at = elapsed
+    saved_at, saved_step = elapsed, step  # when the state was last written: the time-based save, the stop's
 
     def save_state() -> None:
-        nonlocal saved_at
-        saved_at = elapsed
+        nonlocal saved_at, saved_step
+        saved_at, saved_step = elapsed, step
         run.save_state({
             "model": model.state_dict(), "ema": ema.model.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
@@ -286,7 +286,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             if dist.enabled:  # ranks stop together, at a step they all reach
                 stopping = step % min(cfg.log_every, 10) == 0 and dist.agree(stopping)
             if stopping and not last:
-                if saved_at != elapsed:
+                if saved_step != step:
                     save_state()
                 best = run.path / "best.safetensors"
                 kept = f" (best so far: {best}, {best_psnr:.3f} dB)" if best.is_file() else " (not validated yet)"
