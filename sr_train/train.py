@@ -23,6 +23,7 @@ from sr_train.run import (
     Schedule,
     StopSignals,
     build_model,
+    channels_last_shuffles,
     check_val_images,
     load_data,
     make_optimizer,
@@ -144,7 +145,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
              sum(p.numel() for p in model.parameters()) / 1e6, device, dist.world)
 
     # Channels-last lets oneDNN (CPU) and cuDNN (CUDA) run the convolutions without layout reorders.
-    model.to(device, memory_format=torch.channels_last).train()
+    model = channels_last_shuffles(model.to(device, memory_format=torch.channels_last)).train()
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     o = cfg.optim
     opt = make_optimizer(model.parameters(), optimizer=o.optimizer, lr=o.lr, betas=o.betas,

@@ -41,7 +41,10 @@ class ResidualBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x) * self.res_scale
+        y = self.body(x)
+        # No multiply at res_scale 1 (the baselines): in training it is a full pass over the features and
+        # its backward another, about 5% of an EDSR-baseline step on a CPU, for nothing.
+        return x + (y if self.res_scale == 1.0 else y * self.res_scale)
 
 
 class PixelShuffleUpsampler(nn.Sequential):

@@ -118,3 +118,26 @@ def _second_signal():
             time.sleep(5)
         assert isinstance(signals.interrupt("x"), Terminated)
     assert signal.getsignal(signal.SIGTERM).__name__ == "unhandled"
+
+
+@pytest.mark.parametrize("name, scale", [("edsr", 3), ("edsr", 4), ("espcn", 2)])
+def test_training_pixel_shuffle_gives_the_registry_models_values_and_gradients(name, scale):
+    """The trainer swaps nn.PixelShuffle for a channels-last one: same outputs, same gradients, same state dict."""
+    torch.manual_seed(0)
+    ref = build(name, scale=scale).to(memory_format=torch.channels_last)
+    fast = run_mod.channels_last_shuffles(build(name, scale=scale).to(memory_format=torch.channels_last))
+    fast.load_state_dict(ref.state_dict())
+    assert any(isinstance(m, run_mod.ChannelsLastPixelShuffle) for m in fast.modules())
+    assert not any(type(m) is torch.nn.PixelShuffle for m in fast.modules())
+    assert fast.state_dict().keys() == ref.state_dict().keys()
+    channels = 3 if name == "edsr" else 1
+    x = torch.rand(2, channels, 13, 9).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for model in (ref, fast):
+        model.zero_grad()
+        out = model(x)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=0)
+    for g_fast, g_ref in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=1e-6)
