@@ -133,3 +133,15 @@ def test_unpadded_rednet_declares_its_minimum_size():
         assert net(torch.rand(1, 1, side, side)).shape[-1] == side
     with pytest.raises(RuntimeError):
         net(torch.rand(1, 1, side - 2, side - 2))
+
+
+@pytest.mark.parametrize("res_scale", [1.0, 0.1])
+def test_residual_block_adds_its_body_scaled_by_res_scale(res_scale):
+    """EDSR's block is x + res_scale * body(x); at 1.0 (the baseline) the multiply is skipped, not the scale."""
+    from sr_runtime.archs.blocks import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(8, res_scale=res_scale).eval()
+    x = torch.randn(2, 8, 7, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + res_scale * block.body(x))
