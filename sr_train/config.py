@@ -38,10 +38,21 @@ class DataConfig:
     """Where decoded images live and patches are cut, degraded and augmented: auto (the training device), cpu, cuda."""
     augment: bool = True
     """Random horizontal flip, vertical flip and 90-degree rotation, drawn once per pair."""
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    """Also train on copies of each HR image shrunk by these factors (MATLAB bicubic, 8-bit), e.g.
+    ``[1.0, 0.9, 0.8, 0.7, 0.6]``: the augmentation VDSR and DRRN used on the 291 images. 1.0 is the image itself."""
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):
             self.train = [self.train]
+        if isinstance(self.scales, (int, float)):
+            self.scales = [self.scales]
+        try:
+            self.scales = [float(f) for f in self.scales]
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.scales must be a list of numbers in (0, 1], got {self.scales!r}") from None
+        if not self.scales or any(not 0 < f <= 1 for f in self.scales) or len(set(self.scales)) != len(self.scales):
+            raise ConfigError(f"data.scales must be distinct factors in (0, 1], e.g. [1.0, 0.8, 0.6]; got {self.scales}")
         if self.patch_size < 4:
             raise ConfigError(f"data.patch_size must be >= 4 LR pixels, got {self.patch_size}")
         if self.batch_size < 1:

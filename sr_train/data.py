@@ -2,8 +2,9 @@
 
 Each HR image is decoded once, cropped to a multiple of ``scale`` and degraded once with the
 MATLAB-compatible bicubic (the LR rounded to 8 bits, as the literature's LR images are), all kept
-in memory on ``device``. A batch is cut from those tensors on that device, so a GPU is never starved
-by the data-loader cores. What batch ``step`` holds is a pure function of ``(seed, step, rank)``:
+in memory on ``device``; ``scales`` first adds copies of each image shrunk by those factors (DRRN's
+augmentation of the 291 images), each one more pair to draw from. A batch is cut from those tensors
+on that device, so a GPU is never starved by the data-loader cores. What batch ``step`` holds is a pure function of ``(seed, step, rank)``:
 resuming at any step sees exactly the data an uninterrupted run would.
 """
 
@@ -20,7 +21,7 @@ import torch
 from sr_runtime.color import image_to_tensor, rgb_to_y
 from sr_runtime.errors import InputError
 from sr_runtime.images import list_images, read_image
-from sr_runtime.resize import make_lr, modcrop, upscale_bicubic
+from sr_runtime.resize import imresize, make_lr, modcrop, quantize_u8, upscale_bicubic
 from sr_runtime.spec import IOSpec
 
 __all__ = ["PairedPatches", "load_hr_folder", "load_default_photos", "DEFAULT_TRAIN_PHOTOS", "DEFAULT_VAL_PHOTOS"]
@@ -95,6 +96,7 @@ class PairedPatches:
         patch_size: int,
         batch_size: int,
         augment: bool = True,
+        scales: tuple[float, ...] | list[float] = (1.0,),
         seed: int = 0,
         rank: int = 0,
         device: torch.device | str = "cpu",
@@ -109,10 +111,15 @@ class PairedPatches:
         self.inputs: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
         skipped = []
-        for img in images:
-            hr = modcrop(img.rgb, scale).to(self.device)[None]
+        for img, factor in ((img, f) for img in images for f in scales):
+            name = img.name if factor == 1 else f"{img.name}@{factor:g}"
+            hr = img.rgb.to(self.device)[None]
+            if factor != 1:
+                # A smaller copy of the photo, as if saved at that size: shrunk, then 8-bit, then degraded.
+                hr = quantize_u8(imresize(hr.double(), scale=factor).clamp(0, 1)).float()
+            hr = modcrop(hr, scale)
             if min(hr.shape[-2:]) < hr_side:
-                skipped.append(f"{img.name} ({hr.shape[-1]}x{hr.shape[-2]})")
+                skipped.append(f"{name} ({hr.shape[-1]}x{hr.shape[-2]})")
                 continue
             # Degradation, colour conversion and upscaling in float64, rounded to float32 once: these are
             # convolutions/matmuls, which CUDA would run in TF32 (10-bit mantissa) on float32 tensors.

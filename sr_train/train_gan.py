@@ -52,7 +52,7 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
     train_images, val_images = load_data(cfg.data.train, cfg.data.val)
     check_val_images(val_images, spec.scale)
     data = PairedPatches(train_images, spec=spec, patch_size=cfg.data.patch_size, batch_size=cfg.data.batch_size,
-                         augment=cfg.data.augment, seed=cfg.seed, device=device)
+                         augment=cfg.data.augment, scales=cfg.data.scales, seed=cfg.seed, device=device)
     disc = SRGANDiscriminator().to(device).train()
     gen.to(device).train()
     o = cfg.optim

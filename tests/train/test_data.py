@@ -89,3 +89,31 @@ def test_unreadable_image_names_the_file(hr_dirs):
 def test_images_smaller_than_a_patch(hr_dirs):
     with pytest.raises(InputError, match="smaller than one HR patch"):
         _patches(hr_dirs, scale=4, patch_size=20)
+
+
+def test_scales_add_shrunk_copies_of_each_image(hr_dirs):
+    images = load_hr_folder(hr_dirs[0])  # four 64x72 crops
+    data = _patches(hr_dirs, scales=[1.0, 0.75])
+    assert len(data) == 2 * len(images)
+    # the copy is the image shrunk by 0.75 (MATLAB bicubic, 8-bit): 48x54, cropped to 48x54 for x2
+    copy = data.targets[1]
+    assert copy.shape == (3, 48, 54)
+    shrunk = resize.quantize_u8(resize.imresize(images[0].rgb[None].double(), scale=0.75).clamp(0, 1))[0].float()
+    assert torch.equal(copy, shrunk)
+    # and its LR is that copy's degradation, as for every pair
+    assert torch.allclose(data.inputs[1], make_lr(copy[None].double(), 2).float()[0], atol=1e-6)
+
+
+def test_scales_drop_copies_smaller_than_a_patch_and_keep_the_rest(hr_dirs, caplog):
+    data = _patches(hr_dirs, scales=[1.0, 0.5], patch_size=20)  # 40x40 HR patch: 32x36 copies are too small
+    assert len(data) == 4
+    assert "@0.5" in caplog.text
+
+
+def test_bad_scales_are_config_errors():
+    from sr_train.config import ConfigError, DataConfig
+
+    assert DataConfig(scales=[1, 0.8]).scales == [1.0, 0.8]
+    for bad in ([], [1.2], [0.0], [0.8, 0.8], ["big"]):
+        with pytest.raises(ConfigError, match="data.scales"):
+            DataConfig(scales=bad)
