@@ -173,3 +173,9 @@ def test_srgan_without_vgg_weights_is_a_clear_error(tmp_path, hr_dirs):
     with pytest.raises(ConfigError, match="vgg_weights"):
         train_gan(cfg, progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_data_scales_reach_the_training_patches(tmp_path, hr_dirs, caplog):
+    caplog.set_level("INFO", logger="sr_train")
+    train(_cfg(tmp_path, hr_dirs, "fsrcnn", 2, "data.scales=[1.0,0.75]", "steps=1"), progress=False)
+    assert "4 training images (8 with data.scales [1.0, 0.75])" in caplog.text
