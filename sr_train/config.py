@@ -40,7 +40,7 @@ class DataConfig:
     """Random horizontal flip, vertical flip and 90-degree rotation, drawn once per pair."""
     scales: list[float] = field(default_factory=lambda: [1.0])
     """Also train on copies of each HR image shrunk by these factors (MATLAB bicubic, 8-bit), e.g.
-    ``[1.0, 0.9, 0.8, 0.7, 0.6]``: the augmentation VDSR and DRRN used on the 291 images. 1.0 is the image itself."""
+    ``[1.0, 0.9, 0.8, 0.7, 0.6]``: the augmentation DRRN used on the 291 images. 1.0 is the image itself."""
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):

@@ -4,8 +4,9 @@ Each HR image is decoded once, cropped to a multiple of ``scale`` and degraded o
 MATLAB-compatible bicubic (the LR rounded to 8 bits, as the literature's LR images are), all kept
 in memory on ``device``; ``scales`` first adds copies of each image shrunk by those factors (DRRN's
 augmentation of the 291 images), each one more pair to draw from. A batch is cut from those tensors
-on that device, so a GPU is never starved by the data-loader cores. What batch ``step`` holds is a pure function of ``(seed, step, rank)``:
-resuming at any step sees exactly the data an uninterrupted run would.
+on that device, so a GPU is never starved by the data-loader cores. What batch ``step`` holds is a
+pure function of ``(seed, step, rank)``: resuming at any step sees exactly the data an uninterrupted
+run would.
 """
 
 from __future__ import annotations
