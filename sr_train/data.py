@@ -117,7 +117,7 @@ class PairedPatches:
             hr = img.rgb.to(self.device)[None]
             if factor != 1:
                 # A smaller copy of the photo, as if saved at that size: shrunk, then 8-bit, then degraded.
-                hr = quantize_u8(imresize(hr.double(), scale=factor).clamp(0, 1)).float()
+                hr = quantize_u8(imresize(hr.double(), scale=factor)).float()  # quantize_u8 saturates
             hr = modcrop(hr, scale)
             if min(hr.shape[-2:]) < hr_side:
                 skipped.append(f"{name} ({hr.shape[-1]}x{hr.shape[-2]})")
