@@ -131,8 +131,10 @@ def test_ema_amp_and_schedulers(tmp_path, hr_dirs, monkeypatch):
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
 
-def test_srgan_loop(tmp_path, hr_dirs):
+def test_srgan_loop(tmp_path, hr_dirs, caplog):
     from sr_train.losses import _VGG19
+
+    caplog.set_level("INFO", logger="sr_train")
 
     torch.manual_seed(1)  # not the loop's seed: weights a fresh build would not have
     gen = build("srresnet", scale=2)
@@ -149,8 +151,10 @@ def test_srgan_loop(tmp_path, hr_dirs):
     torch.save(state, tmp_path / "vgg19.pth")
     from sr_train.train_gan import train_gan
 
-    cfg = _cfg(tmp_path, hr_dirs, "srgan", 2, f"model.init_from={init}", f"gan.vgg_weights={tmp_path / 'vgg19.pth'}")
+    cfg = _cfg(tmp_path, hr_dirs, "srgan", 2, f"model.init_from={init}", f"gan.vgg_weights={tmp_path / 'vgg19.pth'}",
+               "data.scales=[1.0,0.75]")
     run = train_gan(cfg, progress=False)
+    assert "4 training images (8 with data.scales [1.0, 0.75])" in caplog.text
     ckpt = load_checkpoint(run / "best.safetensors")
     assert ckpt.arch == "srgan"
     # initialised from the SRResNet: 3 Adam steps (about lr = 1e-3 each) away from it, and far from a fresh init
