@@ -143,7 +143,7 @@ class TrainConfig:
     """Also write it when this many minutes of training passed since the last write (0: steps only), so a
     crash or ``kill -9`` loses at most that much of a slow run (an EDSR step on a CPU is about a second)."""
     ema: float = 0.0
-    """EMA decay for evaluation weights (0: off; e.g. 0.999)."""
+    """EMA decay for evaluation weights (0: off; e.g. 0.999), warmed up as min(ema, (1+n)/(10+n)) at step n."""
     amp: str = "auto"
     """auto, none, bf16 (autocast on CUDA or CPU) or fp16 (CUDA only, with a grad scaler). auto: bf16
     on a CUDA GPU that supports it and on a CPU with BF16 units (AMX or AVX-512 BF16), else none."""

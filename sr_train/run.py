@@ -273,16 +273,29 @@ def validate(net: nn.Module, spec: IOSpec, images: list[HRImage], device: torch.
 
 
 class EMA:
-    """Exponential moving average of a model's parameters (buffers are copied)."""
+    """Exponential moving average of a model's parameters (buffers are copied).
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` over the update count ``n`` (as TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``): with a constant 0.999 the starting weights still
+    weigh 0.999^1000 = 37% after 1,000 steps, so a run started from a partial ``init_from`` (a fresh
+    upsampling tail) validated and saved its untrained tail for thousands of steps. ``n`` is the global
+    step, so a resumed run continues the same sequence.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.model = build_clone(model)
 
+    def decay_at(self, n: int) -> float:
+        """The decay of update number ``n`` (0 for the first update of a run)."""
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, n: int) -> None:
+        """Fold in ``model`` as update number ``n``."""
+        weight = 1.0 - self.decay_at(n)
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            e.lerp_(p.detach(), weight)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 

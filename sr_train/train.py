@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
             scaler.update()
             sched.step()
             if ema is not None:
-                ema.update(model)
+                ema.update(model, step)
             step += 1
             loss_value = loss.item()
             elapsed = _clock() - started

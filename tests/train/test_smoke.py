@@ -63,11 +63,13 @@ class _RecordingEMA(EMA):
     def __init__(self, model, decay):
         super().__init__(model, decay)
         self.seen = [{k: p.detach().double().clone() for k, p in model.named_parameters()}]
+        self.steps: list[int] = []
         self.made.append(self)
 
-    def update(self, model):
+    def update(self, model, n):
         self.seen.append({k: p.detach().double().clone() for k, p in model.named_parameters()})
-        super().update(model)
+        self.steps.append(n)
+        super().update(model, n)
 
 
 LR, GAMMA, MIN_LR, STEPS = 1e-3, 0.5, 1e-6, 3
@@ -101,17 +103,20 @@ def test_ema_amp_and_schedulers(tmp_path, hr_dirs, monkeypatch):
             assert float(r["lr"]) == pytest.approx(lr_at(int(r["step"])), rel=1e-5), (sched, r)
         first_losses.add(rows[0]["loss"])
 
-        # EMA: e_0 = the initial weights, e_k = 0.9 e_(k-1) + 0.1 w_k after each optimizer step
+        # EMA: e_0 = the initial weights, e_k = d_k e_(k-1) + (1 - d_k) w_k after each optimizer step, with the
+        # warmed-up decay d_k = min(0.9, k / (9 + k)) (update number n = k - 1: (1 + n) / (10 + n))
         ema = _RecordingEMA.made[-1]
         assert len(ema.seen) == STEPS + 1
+        assert ema.steps == list(range(STEPS))
         state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
         for name, w_last in state["model"].items():
             if name not in ema.seen[0]:
                 continue
             assert torch.equal(ema.seen[-1][name].float(), w_last), f"the EMA's last update did not see {name}"
             expected = ema.seen[0][name]
-            for seen in ema.seen[1:]:
-                expected = 0.9 * expected + 0.1 * seen[name]
+            for k, seen in enumerate(ema.seen[1:], start=1):
+                d = min(0.9, k / (9 + k))
+                expected = d * expected + (1 - d) * seen[name]
             torch.testing.assert_close(state["ema"][name].double(), expected, rtol=0, atol=1e-6)
             # and it lags the raw weights: after 3 small steps it is nearer the start than w_3 is
             assert (state["ema"][name].double() - ema.seen[0][name]).abs().sum() <= (
@@ -129,6 +134,27 @@ def test_ema_amp_and_schedulers(tmp_path, hr_dirs, monkeypatch):
     fp32 = float(_loss_rows(train(cfg, progress=False))[0]["loss"])
     bf16 = float(first_losses.pop())
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
+
+
+def test_ema_warms_up():
+    """A new tail (partial init_from) must not dominate the EMA for thousands of steps: the decay warms up."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, 0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1)
+    assert ema.decay_at(10**6) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # the weights jump at once, as a fresh tail's do in its first steps
+    for n in range(100):
+        ema.update(model, n)
+    # constant 0.999: 1 - 0.999**100 = 0.095 of the way; warmed up: 1 - prod((1+n)/(10+n)) > 0.99
+    assert float(ema.model.weight) > 0.99
+    resumed = EMA(model, 0.999)  # a resumed run continues the sequence at the global step
+    resumed.model.load_state_dict(ema.model.state_dict())
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    resumed.update(model, 100)
+    assert float(resumed.model.weight) == pytest.approx(float(ema.model.weight) + (2.0 - float(ema.model.weight)) * 9 / 110)
 
 
 def test_srgan_loop(tmp_path, hr_dirs, caplog):
