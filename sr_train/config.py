@@ -41,6 +41,10 @@ class DataConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])
     """Also train on copies of each HR image shrunk by these factors (MATLAB bicubic, 8-bit), e.g.
     ``[1.0, 0.9, 0.8, 0.7, 0.6]``: the augmentation DRRN used on the 291 images. 1.0 is the image itself."""
+    shifts: bool = False
+    """Also train on each image (and each shrunk copy) shifted by 0 to scale-1 HR pixels down and right
+    before its crop to a multiple of the scale: the same photo with its LR sampled on scale x scale grids
+    (4 pairs per copy at x2, 9 at x3, 16 at x4), as a photo's content falls on any grid at test time."""
 
     def __post_init__(self) -> None:
         if isinstance(self.train, str):

@@ -3,7 +3,10 @@
 Each HR image is decoded once, cropped to a multiple of ``scale`` and degraded once with the
 MATLAB-compatible bicubic (the LR rounded to 8 bits, as the literature's LR images are), all kept
 in memory on ``device``; ``scales`` first adds copies of each image shrunk by those factors (DRRN's
-augmentation of the 291 images), each one more pair to draw from. A batch is cut from those tensors
+augmentation of the 291 images), each one more pair to draw from, and ``shifts`` adds every copy
+shifted by 1 to scale-1 HR pixels before the crop, which samples its LR on another grid. Pairs whose
+values are all 8-bit levels (RGB networks fed the LR itself) are kept as uint8, a quarter of the
+memory, and turned back into the same float32 values when a patch is cut. A batch is cut from those tensors
 on that device, so a GPU is never starved by the data-loader cores. What batch ``step`` holds is a
 pure function of ``(seed, step, rank)``: resuming at any step sees exactly the data an uninterrupted
 run would.
@@ -98,6 +101,7 @@ class PairedPatches:
         batch_size: int,
         augment: bool = True,
         scales: tuple[float, ...] | list[float] = (1.0,),
+        shifts: bool = False,
         seed: int = 0,
         rank: int = 0,
         device: torch.device | str = "cpu",
@@ -112,13 +116,16 @@ class PairedPatches:
         self.inputs: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
         skipped = []
-        for img, factor in ((img, f) for img in images for f in scales):
+        offsets = [(dy, dx) for dy in range(scale) for dx in range(scale)] if shifts else [(0, 0)]
+        for img, factor, (dy, dx) in ((img, f, o) for img in images for f in scales for o in offsets):
             name = img.name if factor == 1 else f"{img.name}@{factor:g}"
+            name = name if (dy, dx) == (0, 0) else f"{name}+{dy},{dx}"
             hr = img.rgb.to(self.device)[None]
             if factor != 1:
                 # A smaller copy of the photo, as if saved at that size: shrunk, then 8-bit, then degraded.
                 hr = quantize_u8(imresize(hr.double(), scale=factor)).float()  # quantize_u8 saturates
-            hr = modcrop(hr, scale)
+            # The same photo with its LR sampled on another grid: drop dy rows and dx columns first.
+            hr = modcrop(hr[..., dy:, dx:], scale)
             if min(hr.shape[-2:]) < hr_side:
                 skipped.append(f"{name} ({hr.shape[-1]}x{hr.shape[-2]})")
                 continue
@@ -129,8 +136,8 @@ class PairedPatches:
             if spec.color == "y":
                 hr, lr = rgb_to_y(hr), rgb_to_y(lr)
             net_in = upscale_bicubic(lr, scale) if spec.pre_upsample else lr
-            self.inputs.append(net_in[0].float())
-            self.targets.append(hr[0].float())
+            self.inputs.append(_compact(net_in[0].float()))
+            self.targets.append(_compact(hr[0].float()))
         if skipped:
             log.warning("skipping %d image(s) smaller than one %dx%d HR patch: %s", len(skipped), hr_side, hr_side,
                         ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
@@ -142,6 +149,10 @@ class PairedPatches:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair ``i`` as float32 ``(net_in, target)``, whichever way it is stored."""
+        return _expand(self.inputs[i]), _expand(self.targets[i])
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 8191 + self.rank)
@@ -155,8 +166,8 @@ class PairedPatches:
             h, w = target.shape[-2] // scale, target.shape[-1] // scale
             y = int(torch.randint(h - p + 1, (1,), generator=gen))
             x = int(torch.randint(w - p + 1, (1,), generator=gen))
-            a = self.inputs[i][:, y * k_in : (y + p) * k_in, x * k_in : (x + p) * k_in]
-            b = target[:, y * scale : (y + p) * scale, x * scale : (x + p) * scale]
+            a = _expand(self.inputs[i][:, y * k_in : (y + p) * k_in, x * k_in : (x + p) * k_in])
+            b = _expand(target[:, y * scale : (y + p) * scale, x * scale : (x + p) * scale])
             if self.augment:
                 if hflip:
                     a, b = a.flip(-1), b.flip(-1)
@@ -167,3 +178,13 @@ class PairedPatches:
             ins.append(a)
             tgts.append(b)
         return torch.stack(ins).contiguous(), torch.stack(tgts).contiguous()
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as uint8 when every value is an 8-bit level k/255 (float32 k/255 is recovered exactly), else ``t``."""
+    q = t.mul(255).round_()
+    return q.to(torch.uint8) if torch.equal(q.div(255), t) else t
+
+
+def _expand(t: torch.Tensor) -> torch.Tensor:
+    return t.float().div_(255) if t.dtype == torch.uint8 else t

@@ -138,10 +138,12 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = True
     data_device = device if cfg.data.device == "auto" else torch.device(cfg.data.device)
     data = PairedPatches(
         train_images, spec=spec, patch_size=cfg.data.patch_size, batch_size=cfg.data.batch_size,
-        augment=cfg.data.augment, scales=cfg.data.scales, seed=cfg.seed, rank=dist.rank, device=data_device,
+        augment=cfg.data.augment, scales=cfg.data.scales, shifts=cfg.data.shifts, seed=cfg.seed, rank=dist.rank,
+        device=data_device,
     )
-    log.info("%d training images (%d with data.scales %s), %d validation images; model %s x%d, %.2fM parameters on %s (world %d)",
-             len(train_images), len(data), cfg.data.scales, len(val_images), cfg.model.name, spec.scale,
+    log.info("%d training images (%d with data.scales %s%s), %d validation images; model %s x%d, %.2fM parameters "
+             "on %s (world %d)", len(train_images), len(data), cfg.data.scales, " and data.shifts" * cfg.data.shifts,
+             len(val_images), cfg.model.name, spec.scale,
              sum(p.numel() for p in model.parameters()) / 1e6, device, dist.world)
 
     # Channels-last lets oneDNN (CPU) and cuDNN (CUDA) run the convolutions without layout reorders.

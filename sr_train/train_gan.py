@@ -52,9 +52,11 @@ def train_gan(cfg: TrainConfig, *, resume: Path | None = None, progress: bool = 
     train_images, val_images = load_data(cfg.data.train, cfg.data.val)
     check_val_images(val_images, spec.scale)
     data = PairedPatches(train_images, spec=spec, patch_size=cfg.data.patch_size, batch_size=cfg.data.batch_size,
-                         augment=cfg.data.augment, scales=cfg.data.scales, seed=cfg.seed, device=device)
-    log.info("%d training images (%d with data.scales %s), %d validation images; srgan x%d on %s",
-             len(train_images), len(data), cfg.data.scales, len(val_images), spec.scale, device)
+                         augment=cfg.data.augment, scales=cfg.data.scales, shifts=cfg.data.shifts, seed=cfg.seed,
+                         device=device)
+    log.info("%d training images (%d with data.scales %s%s), %d validation images; srgan x%d on %s",
+             len(train_images), len(data), cfg.data.scales, " and data.shifts" * cfg.data.shifts, len(val_images),
+             spec.scale, device)
     disc = SRGANDiscriminator().to(device).train()
     gen.to(device).train()
     o = cfg.optim

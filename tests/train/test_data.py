@@ -96,12 +96,46 @@ def test_scales_add_shrunk_copies_of_each_image(hr_dirs):
     data = _patches(hr_dirs, scales=[1.0, 0.75])
     assert len(data) == 2 * len(images)
     # the copy is the image shrunk by 0.75 (MATLAB bicubic, 8-bit): 48x54, cropped to 48x54 for x2
-    copy = data.targets[1]
+    lr_copy, copy = data.pair(1)
     assert copy.shape == (3, 48, 54)
     shrunk = resize.quantize_u8(resize.imresize(images[0].rgb[None].double(), scale=0.75).clamp(0, 1))[0].float()
     assert torch.equal(copy, shrunk)
     # and its LR is that copy's degradation, as for every pair
-    assert torch.allclose(data.inputs[1], make_lr(copy[None].double(), 2).float()[0], atol=1e-6)
+    assert torch.allclose(lr_copy, make_lr(copy[None].double(), 2).float()[0], atol=1e-6)
+
+
+def test_shifts_add_the_same_photo_sampled_on_every_lr_grid(hr_dirs):
+    images = load_hr_folder(hr_dirs[0])  # four 64x72 crops
+    data = _patches(hr_dirs, scales=[1.0, 0.75], shifts=True)
+    assert len(data) == 2 * 4 * len(images)  # x2: shifts of 0 or 1 HR pixel down and right, 4 grids per copy
+    hr = images[0].rgb[None].double()
+    for k, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        net_in, target = data.pair(k)
+        shifted = modcrop(hr[..., dy:, dx:], 2)
+        assert torch.equal(target, shifted[0].float())
+        assert torch.equal(net_in, make_lr(shifted, 2, quantize=True)[0].float())
+    # the shifted grids are new LR images, not the first one cropped: the network sees other samples
+    lr00, lr11 = data.pair(0)[0], data.pair(3)[0]
+    assert lr00.shape == (3, 32, 36) and lr11.shape == (3, 31, 35)
+    assert (lr00[:, :31, :35] - lr11).abs().max() > 2 / 255
+    assert (lr00[:, 1:, 1:] - lr11[:, :31, :35]).abs().max() > 2 / 255  # nor shifted by a whole LR pixel
+    # the shrunk copy gets its four grids too
+    assert data.pair(4)[1].shape == (3, 48, 54) and data.pair(7)[1].shape == (3, 46, 52)
+
+
+def test_8bit_pairs_are_stored_as_uint8_and_cut_as_the_same_float32(hr_dirs):
+    """A quarter of the memory (the 291 images x scales x shifts fill gigabytes) and not a bit of difference."""
+    images = load_hr_folder(hr_dirs[0])
+    data = _patches(hr_dirs, augment=False)
+    assert data.inputs[0].dtype == data.targets[0].dtype == torch.uint8
+    hr = modcrop(images[0].rgb[None].double(), 2)
+    assert torch.equal(data.pair(0)[1], hr[0].float())
+    assert torch.equal(data.pair(0)[0], make_lr(hr, 2, quantize=True)[0].float())
+    lr, target = data.sample(0)
+    assert lr.dtype == target.dtype == torch.float32 and 0 < float(target.mean()) < 1
+    # values that are not 8-bit levels (Y planes, bicubic-upscaled inputs) stay float32
+    vdsr = _patches(hr_dirs, name="vdsr", scale=3, augment=False, patch_size=16)
+    assert vdsr.inputs[0].dtype == vdsr.targets[0].dtype == torch.float32
 
 
 def test_scales_drop_copies_smaller_than_a_patch_and_keep_the_rest(hr_dirs, caplog):

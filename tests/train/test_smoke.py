@@ -209,3 +209,6 @@ def test_data_scales_reach_the_training_patches(tmp_path, hr_dirs, caplog):
     caplog.set_level("INFO", logger="sr_train")
     train(_cfg(tmp_path, hr_dirs, "fsrcnn", 2, "data.scales=[1.0,0.75]", "steps=1"), progress=False)
     assert "4 training images (8 with data.scales [1.0, 0.75])" in caplog.text
+    train(_cfg(tmp_path, hr_dirs, "fsrcnn", 2, "data.scales=[1.0,0.75]", "data.shifts=true", "steps=1",
+               "run_name=shifts"), progress=False)
+    assert "4 training images (32 with data.scales [1.0, 0.75] and data.shifts)" in caplog.text
