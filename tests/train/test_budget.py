@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 
 import pytest
@@ -121,6 +122,15 @@ def test_amp_auto_uses_bf16_only_on_cpus_with_bf16_units(monkeypatch, has_bf16):
     assert resolve_amp("none", torch.device("cpu")) == "none"
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_amp("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_asking_for_bf16_on_a_cpu_without_bf16_units_warns_and_still_obeys(monkeypatch, caplog, has_bf16):
+    monkeypatch.setattr(sr_runtime.machine, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level(logging.WARNING, logger="sr_train"):
+        assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
+    warned = "BF16 is emulated here" in caplog.text
+    assert warned is not has_bf16
 
 
 def test_a_budgeted_run_ends_on_time_with_a_validated_best_checkpoint(tmp_path, hr_dirs, monkeypatch):
