@@ -91,8 +91,13 @@ def test_cache_key_changes_with_every_input(tmp_path, monkeypatch):
         monkeypatch.setattr(cache, "_version", lambda d, lib=lib: "0.0.1" if d == lib else real_version(d))
         assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base, lib  # library versions
     monkeypatch.undo()
-    monkeypatch.setattr(cache, "cpu_flags", lambda: {"avx2"})  # another CPU (no BF16)
-    assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base
+    # Another CPU, told from this one whatever this one is (CI's machines differ, an AVX2-only EPYC
+    # among them): BF16 units where it has none or none where it has them, then AVX-512 likewise.
+    here = set(cache.cpu_flags())
+    bf16 = {"avx512_bf16", "amx_bf16", "amx_tile"}
+    for other_cpu in (here - bf16 if here & bf16 else here | {"avx512_bf16"}, here ^ {"avx512f"}):
+        monkeypatch.setattr(cache, "cpu_flags", lambda flags=other_cpu: flags)
+        assert cache.cache_key(fastpath.key_inputs(path, ckpt, cpu, None)) != base, sorted(other_cpu ^ here)
 
 
 def _count_builds(counter: Path):
