@@ -211,12 +211,12 @@ def test_a_second_process_on_the_same_output_is_refused(tmp_path, up, clip):
 def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_path, up, clip, monkeypatch):
     dst = tmp_path / "out.mp4"
     real_mux = VideoWriter._mux
-    failed = []
+    failed = []  # the writer whose disk filled
     computed_after_failure = []
 
     def full_in_segment_2(self, packet):
         if self.dst.name == "seg_00002.mp4" and self.frames_written >= 2:
-            failed.append(True)
+            failed.append(self)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_mux(self, packet)
 
@@ -224,7 +224,7 @@ def test_disk_full_in_a_segment_stops_at_once_and_keeps_the_finished_ones(tmp_pa
     real_run = up._run
 
     def run(lr, *a, **k):
-        if failed:
+        if failed and failed[0]._error is not None:  # the error is there for the producer to see
             computed_after_failure.append(len(lr))
         return real_run(lr, *a, **k)
 
